@@ -1,0 +1,1 @@
+"""deploytasks: zero-downtime deploys of Compose and gunicorn apps to your own servers over SSH."""

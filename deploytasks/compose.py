@@ -1,0 +1,118 @@
+"""Compose files as the team wrote them, plus one overlay per release that makes blue/green work.
+
+The stateless services of each colour run as their own compose project (<app>-blue, <app>-green);
+the stateful ones run once, in project <app>, and a deploy never recreates them. The overlay gives
+each colour its image tag, its run directory (the socket nginx reaches it through), and shared
+network and volume names so both colours reach the same database and the same data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .config import Config
+from .layout import CONTAINER_RUN_DIR, Layout
+
+OVERLAY = "compose.deploy.yml"
+INTERPOLATION_ENV = "compose.env"
+APP_ENV = "app.env"
+
+
+class _Reset(list):
+    """Compose's `!reset` tag: drop what the team's file sets (host ports would clash between colours)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Reset, lambda dumper, data: dumper.represent_sequence("!reset", data))
+
+
+def model(config: Config) -> dict:
+    """The team's compose files merged at top level: enough to know services, volumes, networks."""
+    merged: dict = {"services": {}, "volumes": {}, "networks": {}}
+    for path in config.compose_files:
+        data = yaml.safe_load(path.read_text()) or {}
+        for key in merged:
+            for name, spec in (data.get(key) or {}).items():
+                merged[key].setdefault(name, {}).update(spec or {})
+    return merged
+
+
+def release_files(config: Config) -> dict[str, bytes]:
+    """Compose files keyed by their path relative to the project root, as they are in git."""
+    return {str(path.relative_to(config.root)): path.read_bytes() for path in config.compose_files}
+
+
+def shared_networks(config: Config, compose: dict) -> dict[str, str]:
+    """Networks both colours and the stateful project join: created by the deploy, named per app."""
+    names = [n for n, spec in compose["networks"].items() if not spec.get("external") and n != "default"]
+    return {n: f"{config.app_name}_{n}" for n in ["default", *names]}
+
+
+def overlay(config: Config, compose: dict, layout: Layout, release_dir: str, sha: str, colour: str) -> str:
+    services = {}
+    for service in config.stateless:
+        spec = compose["services"].get(service) or {}
+        environment = {"DEPLOY_SHA": sha, "DEPLOY_COLOUR": colour, "DEPLOY_ENV": config.env}
+        if service == config.web_service:
+            environment["APP_SOCKET"] = f"{CONTAINER_RUN_DIR}/{layout.web}.sock"
+            environment["GUNICORN_CMD_ARGS"] = (
+                f"--bind=unix:{CONTAINER_RUN_DIR}/{layout.web}.sock --graceful-timeout={int(config.drain_timeout)}"
+            )
+        override = {
+            "image": f"{config.images[service]}:{sha}",
+            "env_file": [f"{release_dir}/{APP_ENV}"],
+            "environment": environment,
+            "volumes": [f"{layout.run_dir(colour)}:{CONTAINER_RUN_DIR}"],
+            "stop_grace_period": f"{int(config.drain_timeout) + 5}s",
+            "labels": {"deploytasks.sha": sha, "deploytasks.colour": colour},
+        }
+        if spec.get("ports"):
+            override["ports"] = _Reset()
+        services[service] = override
+    networks = {n: {"name": name, "external": True} for n, name in shared_networks(config, compose).items()}
+    volumes = {
+        v: {"name": f"{config.app_name}_{v}"}
+        for v, spec in compose["volumes"].items()
+        if not spec.get("external") and not spec.get("name")
+    }
+    document = {"services": services, "networks": networks}
+    if volumes:
+        document["volumes"] = volumes
+    header = f"# Rendered by deploytasks for {config.app_name} {sha} ({colour}); do not edit.\n"
+    return header + yaml.dump(document, Dumper=_Dumper, sort_keys=False)
+
+
+def interpolation_env(config: Config, sha: str, colour: str) -> str:
+    """Variables the team's compose files may interpolate: ${DEPLOY_SHA} and friends."""
+    return f"DEPLOY_SHA={sha}\nDEPLOY_COLOUR={colour}\nDEPLOY_ENV={config.env}\nAPP_NAME={config.app_name}\n"
+
+
+def app_env(values: dict[str, str]) -> str:
+    """The app's runtime variables in compose's env_file syntax, quoted so `$`, `#`, spaces stay literal."""
+    return "".join(f"{key}={_quote(value)}\n" for key, value in values.items())
+
+
+def _quote(value: str) -> str:
+    if "'" not in value:
+        return f"'{value}'"
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$") + '"'
+
+
+def command(config: Config, release_dir: str, project: str, *args: str) -> tuple[str, ...]:
+    files = [f"{release_dir}/{name}" for name in release_files_names(config)] + [f"{release_dir}/{OVERLAY}"]
+    argv = ["docker", "compose", "-p", project, "--env-file", f"{release_dir}/{INTERPOLATION_ENV}"]
+    for file in files:
+        argv += ["-f", file]
+    return (*argv, *args)
+
+
+def release_files_names(config: Config) -> list[str]:
+    return [str(Path(p).relative_to(config.root)) for p in config.compose_files]
+
+
+def project(config: Config, colour: str | None = None) -> str:
+    return f"{config.app_name}-{colour}" if colour else config.app_name

@@ -1,0 +1,327 @@
+"""Configuration: one env file per environment, read into a frozen, validated object.
+
+Every problem in a file is collected and reported at once, by key, before any connection
+opens: a deploy that fails on its fifth typo one SSH round trip at a time wastes a morning.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from dotenv import dotenv_values
+
+from .errors import ConfigError
+
+ENV_DIR = "envs"
+MODES = ("containers", "processes")
+SECRET_KEY_PATTERN = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|CREDENTIAL|PRIVATE", re.I)
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+IMAGE_RE = re.compile(r"^[a-z0-9]+([._:/-][a-z0-9]+)*$")
+PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
+URL_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]*$")
+CIDR_RE = re.compile(r"^[0-9a-fA-F:.]+(/\d{1,3})?$")
+
+# key -> default (None: required). IMAGE_<SERVICE> keys are checked separately.
+KEYS: dict[str, str | None] = {
+    "APP_NAME": None,
+    "HOSTS": None,
+    "MODE": "containers",
+    "SSH_USER": "root",
+    "SSH_PORT": "22",
+    "SSH_KEY": "",
+    "KNOWN_HOSTS": "~/.ssh/known_hosts",
+    "CONNECT_TIMEOUT": "10",
+    "DEPLOY_PATH": "",
+    "COMPOSE_FILES": "compose/compose.yml",
+    "STATELESS_SERVICES": None,
+    "STATEFUL_SERVICES": "",
+    "WEB_SERVICE": "",
+    "NGINX_CONF": "/etc/nginx/nginx.conf",
+    "NGINX_SITE_DIR": "/etc/nginx/conf.d",
+    "NGINX_LISTEN": "80",
+    "SERVER_NAME": "_",
+    "HEALTH_PATH": "/healthz",
+    "READY_PATH": "/readyz",
+    "VERSION_PATH": "/version",
+    "HEALTH_TIMEOUT": "120",
+    "HEALTH_INTERVAL": "1",
+    "DRAIN_TIMEOUT": "30",
+    "MIGRATE_COMMAND": "",
+    "KEEP_RELEASES": "5",
+    "APP_ENV_FILE": "",
+    "APP_ENV_PASSTHROUGH": "",
+    "MAINTENANCE_ALLOW": "",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One environment, validated. Paths are absolute; lists are tuples."""
+
+    env: str
+    root: Path
+    app_name: str
+    hosts: tuple[str, ...]
+    mode: str
+    ssh_user: str
+    ssh_port: int
+    ssh_key: str
+    known_hosts: str
+    connect_timeout: float
+    deploy_path: str
+    compose_files: tuple[Path, ...]
+    stateless: tuple[str, ...]
+    stateful: tuple[str, ...]
+    web_service: str
+    images: dict[str, str]
+    nginx_conf: str
+    nginx_site_dir: str
+    nginx_listen: int
+    server_name: str
+    health_path: str
+    ready_path: str
+    version_path: str
+    health_timeout: float
+    health_interval: float
+    drain_timeout: float
+    migrate_command: tuple[str, ...]
+    keep_releases: int
+    app_env: dict[str, str] = field(repr=False)
+    maintenance_allow: tuple[str, ...] = ()
+
+    def secrets(self) -> list[str]:
+        """Values never to print: every app env value whose key looks secret."""
+        return [v for k, v in self.app_env.items() if v and SECRET_KEY_PATTERN.search(k)]
+
+
+def env_file(root: Path, env: str) -> Path:
+    return root / ENV_DIR / f"{env}.env"
+
+
+def available_envs(root: Path) -> list[str]:
+    return sorted(p.name[: -len(".env")] for p in (root / ENV_DIR).glob("*.env"))
+
+
+def select_env(root: Path, env: str | None, host: str | None = None) -> str:
+    """--env, else DEPLOY_ENV, else (for `fab -H HOST`) the one environment listing HOST."""
+    env = env or os.environ.get("DEPLOY_ENV")
+    if env:
+        if not NAME_RE.match(env) or not env_file(root, env).is_file():
+            raise ConfigError(f"unknown environment {env!r}: expected one of {', '.join(available_envs(root)) or 'none'} in {ENV_DIR}/")
+        return env
+    if not host:
+        raise ConfigError("no environment selected: pass --env ENV or set DEPLOY_ENV")
+    matches = [e for e in available_envs(root) if host in _split(dotenv_values(env_file(root, e)).get("HOSTS") or "")]
+    if len(matches) != 1:
+        found = f"several: {', '.join(matches)}" if matches else "none"
+        raise ConfigError(f"host {host!r} must be listed in the HOSTS of exactly one environment ({found}); pass --env ENV")
+    return matches[0]
+
+
+def load(root: Path, env: str, environ: dict[str, str] | None = None) -> Config:
+    """Read envs/<env>.env (process environment overrides nothing: the file is the record)."""
+    path = env_file(root, env)
+    if not path.is_file():
+        raise ConfigError(f"environment file {path} not found")
+    return parse(root, env, {k: (v or "") for k, v in dotenv_values(path).items()},
+                 os.environ if environ is None else environ)
+
+
+def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) -> Config:
+    problems: list[str] = []
+    v = _Validator(raw, problems)
+    app_name = v.match("APP_NAME", NAME_RE, "lowercase letters, digits and '-', starting with a letter")
+    hosts = v.list("HOSTS", HOST_RE, "hostnames or IP addresses", required=True)
+    mode = v.choice("MODE", MODES)
+    stateless = v.list("STATELESS_SERVICES", SERVICE_RE, "compose service names", required=True)
+    stateful = v.list("STATEFUL_SERVICES", SERVICE_RE, "compose service names")
+    web = v.get("WEB_SERVICE") or (stateless[0] if stateless else "")
+    if web and web not in stateless:
+        problems.append(f"WEB_SERVICE: {web!r} must be one of STATELESS_SERVICES")
+    both = sorted(set(stateless) & set(stateful))
+    if both:
+        problems.append(f"STATEFUL_SERVICES: {', '.join(both)} cannot also be stateless")
+    compose_files = tuple(root / f for f in _split(v.get("COMPOSE_FILES")))
+    if mode == "containers":
+        _check_compose(compose_files, stateless, stateful, problems)
+    images = _images(raw, stateless if mode == "containers" else (), problems)
+    unknown = sorted(k for k in raw if k not in KEYS and not k.startswith("IMAGE_"))
+    problems.extend(f"{k}: unknown key" for k in unknown)
+    app_env = _app_env(root, v.get("APP_ENV_FILE"), _split(v.get("APP_ENV_PASSTHROUGH")), environ, problems)
+
+    config = Config(
+        env=env,
+        root=root,
+        app_name=app_name,
+        hosts=hosts,
+        mode=mode,
+        ssh_user=v.match("SSH_USER", USER_RE, "a Unix user name"),
+        ssh_port=v.integer("SSH_PORT", 1, 65535),
+        ssh_key=os.path.expanduser(v.get("SSH_KEY")),
+        known_hosts=os.path.expanduser(v.get("KNOWN_HOSTS")),
+        connect_timeout=v.number("CONNECT_TIMEOUT", 1, 300),
+        deploy_path=v.match("DEPLOY_PATH", PATH_RE, "an absolute path", default=f"/srv/{app_name}").rstrip("/"),
+        compose_files=compose_files,
+        stateless=stateless,
+        stateful=stateful,
+        web_service=web,
+        images=images,
+        nginx_conf=v.match("NGINX_CONF", PATH_RE, "an absolute path"),
+        nginx_site_dir=v.match("NGINX_SITE_DIR", PATH_RE, "an absolute path").rstrip("/"),
+        nginx_listen=v.integer("NGINX_LISTEN", 1, 65535),
+        server_name=v.match("SERVER_NAME", re.compile(r"^[A-Za-z0-9_.*-]+( [A-Za-z0-9_.*-]+)*$"), "nginx server names"),
+        health_path=v.match("HEALTH_PATH", URL_PATH_RE, "a URL path"),
+        ready_path=v.match("READY_PATH", URL_PATH_RE, "a URL path"),
+        version_path=v.match("VERSION_PATH", URL_PATH_RE, "a URL path"),
+        health_timeout=v.number("HEALTH_TIMEOUT", 1, 3600),
+        health_interval=v.number("HEALTH_INTERVAL", 0.1, 60),
+        drain_timeout=v.number("DRAIN_TIMEOUT", 0, 3600),
+        migrate_command=v.command("MIGRATE_COMMAND"),
+        keep_releases=v.integer("KEEP_RELEASES", 2, 100),
+        app_env=app_env,
+        maintenance_allow=v.list("MAINTENANCE_ALLOW", CIDR_RE, "IP addresses or CIDR ranges"),
+    )
+    if problems:
+        raise ConfigError(f"{env_file(root, env).relative_to(root) if root else env}: {len(problems)} problem(s)", problems)
+    return config
+
+
+class _Validator:
+    """Reads keys with defaults, recording a problem per bad key instead of stopping."""
+
+    def __init__(self, raw: dict[str, str], problems: list[str]):
+        self.raw, self.problems = raw, problems
+
+    def get(self, key: str) -> str:
+        value = self.raw.get(key, "").strip()
+        if not value and KEYS[key] is None:
+            self.problems.append(f"{key}: missing (required)")
+        return value or (KEYS[key] or "")
+
+    def match(self, key: str, pattern: re.Pattern, what: str, default: str = "") -> str:
+        value = self.get(key) or default
+        if value and not pattern.match(value):
+            self.problems.append(f"{key}: {value!r} is not {what}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.get(key)
+        if value not in choices:
+            self.problems.append(f"{key}: {value!r} must be one of {', '.join(choices)}")
+        return value
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        return int(self._numeric(key, low, high, int))
+
+    def number(self, key: str, low: float, high: float) -> float:
+        return float(self._numeric(key, low, high, float))
+
+    def _numeric(self, key, low, high, kind):
+        value = self.get(key)
+        try:
+            number = kind(value)
+        except ValueError:
+            self.problems.append(f"{key}: {value!r} is not a {'whole ' if kind is int else ''}number")
+            return low
+        if not low <= number <= high:
+            self.problems.append(f"{key}: {value} is out of range {low}..{high}")
+        return number
+
+    def list(self, key: str, pattern: re.Pattern, what: str, required: bool = False) -> tuple[str, ...]:
+        items = _split(self.get(key))
+        bad = [i for i in items if not pattern.match(i)]
+        if bad:
+            self.problems.append(f"{key}: {', '.join(map(repr, bad))} not {what}")
+        if required and not items and key in self.raw:
+            self.problems.append(f"{key}: empty (required)")
+        return tuple(items)
+
+    def command(self, key: str) -> tuple[str, ...]:
+        try:
+            return tuple(shlex.split(self.get(key)))
+        except ValueError as exc:
+            self.problems.append(f"{key}: cannot be split into arguments ({exc})")
+            return ()
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def image_key(service: str) -> str:
+    return "IMAGE_" + re.sub(r"[^A-Za-z0-9]", "_", service).upper()
+
+
+def _images(raw: dict[str, str], stateless: tuple[str, ...], problems: list[str]) -> dict[str, str]:
+    images = {}
+    for service in stateless:
+        key = image_key(service)
+        image = raw.get(key, "").strip()
+        if not image:
+            problems.append(f"{key}: missing (the image of stateless service {service!r}, tagged by SHA at deploy)")
+        elif not IMAGE_RE.match(image) or image.rsplit("/", 1)[-1].count(":"):
+            problems.append(f"{key}: {image!r} is not an image name without tag")
+        images[service] = image
+    expected = {image_key(s) for s in stateless}
+    problems.extend(f"{k}: no stateless service of that name" for k in raw if k.startswith("IMAGE_") and k not in expected and stateless)
+    return images
+
+
+def compose_services(files: tuple[Path, ...]) -> tuple[set[str], list[str]]:
+    """The service names the compose files define, and the files that could not be read."""
+    services: set[str] = set()
+    problems = []
+    for path in files:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+            services.update((data.get("services") or {}).keys())
+        except (OSError, yaml.YAMLError, AttributeError) as exc:
+            problems.append(f"COMPOSE_FILES: cannot read {path}: {str(exc).splitlines()[0]}")
+    return services, problems
+
+
+def _check_compose(files, stateless, stateful, problems) -> None:
+    if not files:
+        problems.append("COMPOSE_FILES: empty (required for MODE=containers)")
+        return
+    services, read_problems = compose_services(files)
+    problems.extend(read_problems)
+    if read_problems:
+        return
+    for key, names in (("STATELESS_SERVICES", stateless), ("STATEFUL_SERVICES", stateful)):
+        unknown = [n for n in names if n not in services]
+        if unknown:
+            problems.append(f"{key}: unknown service {', '.join(map(repr, unknown))} (compose defines {', '.join(sorted(services))})")
+    unclassified = sorted(services - set(stateless) - set(stateful))
+    if unclassified:
+        problems.append(f"STATEFUL_SERVICES: compose service {', '.join(map(repr, unclassified))} is neither stateless nor stateful")
+
+
+def _app_env(root: Path, file: str, passthrough: list[str], environ, problems: list[str]) -> dict[str, str]:
+    """The app's runtime variables: its own untracked file, then named process variables."""
+    values: dict[str, str] = {}
+    if file:
+        path = Path(os.path.expanduser(file))
+        path = path if path.is_absolute() else root / path
+        if path.is_file():
+            values.update({k: v or "" for k, v in dotenv_values(path).items()})
+        else:
+            problems.append(f"APP_ENV_FILE: {file} not found")
+    for name in passthrough:
+        if name in environ:
+            values[name] = environ[name]
+        else:
+            problems.append(f"APP_ENV_PASSTHROUGH: {name} is not set in the environment")
+    bad = [k for k in values if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)]
+    problems.extend(f"APP_ENV_FILE: {k!r} is not a variable name" for k in bad)
+    multiline = [k for k, v in values.items() if "\n" in v]
+    problems.extend(f"APP_ENV_FILE: {k} spans several lines (not supported by compose env files)" for k in multiline)
+    return values

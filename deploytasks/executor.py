@@ -1,0 +1,178 @@
+"""Running a plan on one host: each step timed and printed, stop at the first failure, undo.
+
+This layer knows SSH, time and signals; it knows nothing of nginx, compose or gunicorn.
+"""
+from __future__ import annotations
+
+import shlex
+import signal
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from fabric import Connection
+
+from .console import Console
+from .errors import StepFailed
+from .plan import Cmd, Plan, Poll, Put, Step, Wait
+
+TAIL_LINES = 15
+
+
+class Interrupted(StepFailed):
+    pass
+
+
+@dataclass
+class Outcome:
+    steps: list[tuple[str, float]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Remote:
+    """One host behind one SSH connection, reused by every command of a task."""
+
+    def __init__(self, conn: Connection, console: Console):
+        self.conn, self.console = conn, console
+        self.interrupted = False
+
+    @property
+    def host(self) -> str:
+        return self.conn.host
+
+    def run(self, argv: tuple[str, ...], *, stream: bool = False):
+        if stream:
+            out, err = self.console.writer(), self.console.writer()
+            result = self.conn.run(shlex.join(argv), warn=True, hide=False, out_stream=out, err_stream=err,
+                                   in_stream=False)
+            out.flush(), err.flush()
+        else:
+            result = self.conn.run(shlex.join(argv), warn=True, hide=True, in_stream=False)
+        return result
+
+    def check(self, argv: tuple[str, ...], what: str) -> str:
+        result = self.run(argv)
+        if not result.ok:
+            raise StepFailed(f"{self.host}: {what} failed (exit {result.exited})", tail(result))
+        return result.stdout
+
+    def put(self, put: Put) -> None:
+        """Write to a temp name with the final mode set before any byte lands, then rename."""
+        sftp = self.conn.sftp()
+        staged = f"{put.path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with sftp.open(staged, "wb") as handle:
+                handle.chmod(put.mode)
+                handle.write(put.content)
+            sftp.posix_rename(staged, put.path)
+        except OSError as exc:
+            raise StepFailed(f"{self.host}: cannot write {put.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def tail(result, lines: int = TAIL_LINES) -> list[str]:
+    text = "\n".join(part for part in (result.stdout, result.stderr) if part and part.strip())
+    return text.strip().splitlines()[-lines:]
+
+
+def execute(remote: Remote, plan: Plan) -> Outcome:
+    """Run every step; on failure undo what was done (newest first) and raise StepFailed."""
+    outcome = Outcome()
+    done: list[Step] = []
+    with _interruptible(remote):
+        for step in plan.steps:
+            started = time.monotonic()
+            remote.console(f"-> {step.name}")
+            try:
+                for action in step.actions:
+                    _check_interrupt(remote)
+                    _perform(remote, action)
+            except StepFailed as failure:
+                if step.best_effort and not isinstance(failure, Interrupted):
+                    outcome.warnings.append(f"{step.name}: {failure}")
+                    remote.console(f"   ! {step.name} failed after the switch (the new version serves): {failure}")
+                    continue
+                _diagnose(remote, step)
+                _undo(remote, done + [step])
+                raise
+            seconds = time.monotonic() - started
+            outcome.steps.append((step.name, seconds))
+            remote.console(f"   ok {step.name} ({seconds:.1f}s)")
+            done.append(step)
+    return outcome
+
+
+def _perform(remote: Remote, action) -> None:
+    if isinstance(action, Cmd):
+        if action.unless and remote.run(action.unless).ok:
+            return
+        result = remote.run(action.argv, stream=action.stream)
+        if not result.ok:
+            raise StepFailed(f"{remote.host}: `{remote.console.mask(str(action))[:200]}` failed (exit {result.exited})",
+                             [] if action.stream else [remote.console.mask(line) for line in tail(result)])
+    elif isinstance(action, Put):
+        remote.put(action)
+    elif isinstance(action, Poll):
+        _poll(remote, action)
+    elif isinstance(action, Wait):
+        time.sleep(action.seconds)
+
+
+def _poll(remote: Remote, poll: Poll) -> None:
+    deadline = time.monotonic() + poll.timeout
+    while True:
+        result = remote.run(poll.argv)
+        if result.ok and (poll.expect is None or result.stdout.strip() == poll.expect):
+            return
+        if time.monotonic() >= deadline:
+            seen = tail(result, 5) if not result.ok else [f"answered {result.stdout.strip()[:80]!r}, expected {poll.expect!r}"]
+            raise StepFailed(f"{remote.host}: not ready after {poll.timeout:g}s", [remote.console.mask(s) for s in seen])
+        _check_interrupt(remote)
+        time.sleep(poll.interval)
+
+
+def _diagnose(remote: Remote, step: Step) -> None:
+    for action in step.diagnose:
+        result = remote.run(action.argv)
+        remote.console(f"   | $ {action}"[:160])
+        for line in tail(result, 40):
+            remote.console(f"   | {line}")
+
+
+def _undo(remote: Remote, steps: list[Step]) -> None:
+    undos = [action for step in reversed(steps) for action in step.undo]
+    if undos:
+        remote.console("<- undoing: the previous version keeps serving")
+    for action in undos:
+        result = remote.run(action.argv)
+        if not result.ok:
+            remote.console(f"   ! undo `{action}` failed: {' '.join(tail(result, 2))}")
+
+
+def _check_interrupt(remote: Remote) -> None:
+    if remote.interrupted:
+        raise Interrupted(f"{remote.host}: interrupted (Ctrl-C)")
+
+
+@contextmanager
+def _interruptible(remote: Remote):
+    """Ctrl-C lets the running command finish, then undoes; a second Ctrl-C aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if remote.interrupted:
+            raise KeyboardInterrupt
+        remote.interrupted = True
+        remote.console("! interrupted: finishing the current command, then undoing (Ctrl-C again to abort now)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,118 @@
+"""What is on a host now, read in one round trip: a command plus the parser of its output.
+
+Every plan starts from these facts; nothing about the host is remembered on the deploying
+machine, so a deploy from a laptop that died half way is recovered by the next one from anywhere.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .layout import COLOURS, Layout
+from .plan import sh
+
+_SCRIPT = r"""
+root=$1; web=$2
+printf 'now %s\n' "$(date +%s)"
+for c in blue green; do printf 'colour %s %s\n' "$c" "$(readlink "$root/state/$c" 2>/dev/null)"; done
+printf 'live %s\n' "$(readlink "$root/run/$web.sock" 2>/dev/null)"
+printf 'current %s\n' "$(readlink "$root/current" 2>/dev/null)"
+[ -e "$root/state/maintenance" ] && echo 'maintenance on'
+for r in "$root"/releases/*/; do [ -d "$r" ] && printf 'release %s\n' "$(basename "$r")"; done
+if [ -f "$root/state/lock/info.json" ]; then printf 'lock %s\n' "$(tr -d '\n' < "$root/state/lock/info.json")"
+elif [ -d "$root/state/lock" ]; then printf 'lock {"since": %s}\n' "$(stat -c %Y "$root/state/lock")"; fi
+tail -n 20 "$root/state/history.jsonl" 2>/dev/null | sed 's/^/history /'
+if command -v docker >/dev/null 2>&1; then
+  docker ps -a --filter "label=com.docker.compose.project" \
+    --format 'container {{.Label "com.docker.compose.project"}}	{{.Label "com.docker.compose.service"}}	{{.State}}	{{.Status}}	{{.Image}}' 2>/dev/null
+fi
+true
+"""
+
+
+@dataclass(frozen=True)
+class Container:
+    project: str
+    service: str
+    state: str  # running | exited | created ...
+    status: str  # "Up 3 minutes (healthy)"
+    image: str
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "running" and "unhealthy" not in self.status and "starting" not in self.status
+
+
+@dataclass(frozen=True)
+class HostState:
+    now: int = 0
+    colours: dict[str, str] = field(default_factory=dict)  # colour -> release name it runs
+    live: str | None = None  # colour nginx sends traffic to
+    current: str | None = None  # release name `current` points at
+    releases: tuple[str, ...] = ()
+    maintenance: bool = False
+    lock: dict | None = None
+    history: tuple[dict, ...] = ()
+    containers: tuple[Container, ...] = ()
+
+    @property
+    def deployed(self) -> bool:
+        return self.live is not None
+
+    def release_of(self, colour: str | None) -> str | None:
+        return self.colours.get(colour) if colour else None
+
+    def containers_of(self, project: str) -> list[Container]:
+        return [c for c in self.containers if c.project == project]
+
+
+def read_command(layout: Layout) -> tuple[str, ...]:
+    return sh(_SCRIPT, layout.root, layout.web)
+
+
+def release_sha(release: str | None) -> str | None:
+    """Release directories are named <UTC-ts>-<sha>."""
+    return release.rsplit("-", 1)[-1] if release else None
+
+
+def parse(output: str) -> HostState:
+    fields: dict = {"colours": {}, "releases": [], "history": [], "containers": []}
+    for line in output.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "now" and value.isdigit():
+            fields["now"] = int(value)
+        elif key == "colour":
+            colour, _, target = value.partition(" ")
+            if colour in COLOURS and target:
+                fields["colours"][colour] = target.rstrip("/").rsplit("/", 1)[-1]
+        elif key == "live" and value:
+            colour = value.split("/", 1)[0]
+            fields["live"] = colour if colour in COLOURS else None
+        elif key == "current" and value:
+            fields["current"] = value.rstrip("/").rsplit("/", 1)[-1]
+        elif key == "maintenance":
+            fields["maintenance"] = True
+        elif key == "release":
+            fields["releases"].append(value)
+        elif key == "lock":
+            fields["lock"] = _json(value) or {"raw": value}
+        elif key == "history":
+            entry = _json(value)
+            if entry:
+                fields["history"].append(entry)
+        elif key == "container":
+            parts = value.split("\t")
+            if len(parts) == 5:
+                fields["containers"].append(Container(*parts))
+    fields["releases"] = tuple(sorted(fields["releases"]))
+    fields["history"] = tuple(fields["history"])
+    fields["containers"] = tuple(fields["containers"])
+    return HostState(**fields)
+
+
+def _json(text: str):
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

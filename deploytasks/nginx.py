@@ -1,0 +1,81 @@
+"""The host's nginx: render the site from nginx/ templates and install it only when it changed.
+
+A new site file is validated with `nginx -t` before the running nginx can see it, and the old
+file comes back if validation fails. Deploys that do not change the site never reload nginx:
+the colour switch happens underneath it (see the template).
+"""
+from __future__ import annotations
+
+import re
+
+from .config import Config
+from .layout import Layout
+from .plan import Put, Step, cmd, sh
+
+TEMPLATE = "nginx/site.conf.template"
+MAINTENANCE_PAGE = "nginx/maintenance.html"
+RETRY_AFTER_SECONDS = 30
+
+
+def render(template: str, values: dict[str, object]) -> str:
+    """`{{name}}` placeholders (nginx's own `$vars` and braces stay untouched); unknown names fail."""
+
+    def value(match: re.Match) -> str:
+        return str(values[match.group(1)])
+
+    return re.sub(r"{{\s*(\w+)\s*}}", value, template)
+
+
+def site(config: Config) -> str:
+    layout = Layout.of(config)
+    template = (config.root / TEMPLATE).read_text()
+    return render(template, {
+        "app": config.app_name,
+        "env": config.env,
+        "var": config.app_name.replace("-", "_"),
+        "live_socket": layout.live_socket,
+        "allow": "".join(f"    {cidr} 1;\n" for cidr in config.maintenance_allow).rstrip("\n"),
+        "listen": config.nginx_listen,
+        "server_name": config.server_name,
+        "health_path": config.health_path,
+        "ready_path": config.ready_path,
+        "maintenance_flag": layout.maintenance_flag,
+        "nginx_dir": layout.nginx_dir,
+        "retry_after": RETRY_AFTER_SECONDS,
+    })
+
+
+def site_path(config: Config) -> str:
+    return f"{config.nginx_site_dir}/{config.app_name}.conf"
+
+
+_INSTALL = r"""
+new=$1; live=$2; previous=$3; conf=$4
+cmp -s "$new" "$live" && { echo "site unchanged: no reload"; exit 0; }
+if [ -f "$live" ]; then cp -p "$live" "$previous"; else rm -f "$previous"; fi
+cp "$new" "$live.tmp" && mv -fT "$live.tmp" "$live"
+if ! out=$(nginx -t -c "$conf" 2>&1); then
+    if [ -f "$previous" ]; then mv -fT "$previous" "$live"; else rm -f "$live"; fi
+    echo "$out" >&2
+    echo "nginx -t rejected the new site; the previous site file is back and nginx was not reloaded" >&2
+    exit 1
+fi
+rm -f "$previous"
+nginx -s reload -c "$conf" && echo "site installed, nginx reloaded"
+"""
+
+
+def install_step(config: Config, rendered_path: str) -> Step:
+    """Install the site rendered into the release, unless the installed one is identical.
+
+    The site does not name a colour, so it changes only with the configuration: most deploys
+    skip the reload (and the keep-alive resets every reload causes)."""
+    layout = Layout.of(config)
+    return Step(
+        "nginx site",
+        (
+            Put(f"{layout.nginx_dir}/maintenance.html", (config.root / MAINTENANCE_PAGE).read_bytes()),
+            cmd(*sh(_INSTALL, rendered_path, site_path(config),
+                    f"{config.nginx_site_dir}/.{config.app_name}.conf.previous", config.nginx_conf)),
+        ),
+    )

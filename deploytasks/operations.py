@@ -1,0 +1,178 @@
+"""What each task does, host by host: validate, connect, lock, read facts, plan, execute, record.
+
+Validation happens before the first connection; hosts are deployed one after another and the
+first failure stops the rollout, so a bad release reaches one host at most.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+from . import containers, history, lock, registry, releases
+from .config import Config
+from .connection import connect
+from .console import Console
+from .errors import ConfigError, DeployError, StepFailed
+from .executor import Remote, execute
+from .facts import HostState, parse, read_command, release_sha
+from .layout import Layout
+from .plan import Plan
+
+
+@dataclass(frozen=True)
+class Target:
+    """An environment's configuration and the hosts a task acts on."""
+
+    config: Config
+    hosts: tuple[str, ...]
+    accept_new_host_key: bool = False
+
+
+def check_sha(sha: str) -> str:
+    sha = (sha or "").strip().lower()
+    if not releases.SHA_RE.match(sha):
+        raise ConfigError(f"--sha {sha!r} is not a git SHA (7 to 40 hex characters)")
+    return sha
+
+
+@contextmanager
+def session(target: Target, host: str):
+    console = Console(host, target.config.secrets())
+    remote = Remote(connect(target.config, host, accept_new_host_key=target.accept_new_host_key), console)
+    try:
+        yield remote
+    finally:
+        remote.close()
+
+
+def read_state(remote: Remote, layout: Layout) -> HostState:
+    return parse(remote.check(read_command(layout), "reading the host's state"))
+
+
+@contextmanager
+def locked(remote: Remote, layout: Layout, task: str, sha: str | None, force_unlock: bool = False):
+    """Hold the host's deploy lock for the block; released on every way out, Ctrl-C included."""
+    if force_unlock:
+        remote.check(lock.force_release_argv(layout), "removing the deploy lock")
+        remote.console("! deploy lock removed (--force-unlock)")
+    info = lock.owner(task, sha)
+    result = remote.run(lock.acquire_argv(layout, info))
+    if result.exited == lock.HELD_EXIT:
+        holder = _json(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "")
+        raise lock.held_error(remote.host, holder, time.time())
+    if not result.ok:
+        raise StepFailed(f"{remote.host}: cannot take the deploy lock: {result.stderr.strip()[:200]}")
+    try:
+        yield info
+    finally:
+        remote.run(lock.release_argv(layout, info))
+
+
+def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = True, force_unlock: bool = False,
+           kind: str = "deploy", echo: Callable[[str], None] = print) -> dict[str, str]:
+    """Deploy `sha` to every host of the target; returns host -> SHA now serving."""
+    sha = check_sha(sha)
+    config = target.config
+    missing = registry.missing(config.images, sha)
+    if missing:
+        raise ConfigError(f"image(s) for {sha} not in the registry; nothing was changed", missing)
+
+    def plan_for(state: HostState) -> Plan:
+        return containers.deploy(config, state, sha, releases.name(sha), migrate=migrate, kind=kind)
+
+    return _each_host(target, kind, sha, plan_for, dry_run=dry_run, force_unlock=force_unlock, echo=echo)
+
+
+def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dry_run: bool = False,
+             force_unlock: bool = False, echo: Callable[[str], None] = print) -> dict[str, str]:
+    """Without `to`: back to the colour that served before. With `to`: redeploy an earlier SHA
+    from history, without migrations unless asked."""
+    if to:
+        to = check_sha(to)
+        return deploy(target, to, dry_run=dry_run, migrate=migrate, force_unlock=force_unlock,
+                      kind="rollback", echo=echo)
+    return _each_host(target, "rollback", None, lambda state: containers.rollback(target.config, state),
+                      dry_run=dry_run, force_unlock=force_unlock, echo=echo)
+
+
+def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[HostState], Plan], *,
+               dry_run: bool, force_unlock: bool, echo) -> dict[str, str]:
+    layout = Layout.of(target.config)
+    serving: dict[str, str] = {}
+    for host in target.hosts:
+        with session(target, host) as remote:
+            if dry_run:
+                plan = plan_for(read_state(remote, layout))
+                remote.console(f"dry run: {plan.kind} {plan.sha} to {plan.summary.get('colour')}; nothing will be changed")
+                for line in plan.describe():
+                    remote.console(line)
+                continue
+            with locked(remote, layout, kind, sha, force_unlock) as owner:
+                state = read_state(remote, layout)
+                if kind == "rollback" and sha and sha not in history.last_good(state.history):
+                    raise DeployError(f"{host}: {sha} never served here (not in the history as a successful deploy); "
+                                      "use deploy --sha to ship it")
+                plan = plan_for(state)
+                serving[host] = _run_and_record(remote, layout, plan, owner)
+    if not dry_run:
+        echo("summary: " + ", ".join(f"{host} serves {sha}" for host, sha in serving.items()))
+    return serving
+
+
+def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> str:
+    started = time.time()
+    colour = plan.summary.get("colour")
+    remote.console(f"{plan.kind} {plan.sha} -> {colour} (was {plan.summary.get('previous') or 'nothing'})")
+    try:
+        outcome = execute(remote, plan)
+    except StepFailed:
+        remote.run(history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, owner, "failed", started, [])))
+        raise
+    record = history.entry(plan.kind, plan.sha, colour, owner, "ok", started, outcome.steps,
+                           warnings=outcome.warnings)
+    remote.run(history.append_argv(layout, record))
+    remote.console(f"done: {plan.sha} serves from {colour} ({record['duration_s']}s)")
+    return plan.sha
+
+
+def status(target: Target, echo: Callable[[str], None] = print) -> None:
+    layout = Layout.of(target.config)
+    for host in target.hosts:
+        with session(target, host) as remote:
+            for line in describe_state(target.config, read_state(remote, layout)):
+                remote.console(line)
+
+
+def describe_state(config: Config, state: HostState) -> list[str]:
+    lines = []
+    if not state.deployed:
+        lines.append(f"{config.app_name} ({config.env}): nothing deployed yet")
+    else:
+        live_release = state.release_of(state.live)
+        lines.append(f"{config.app_name} ({config.env}): {release_sha(live_release)} serving from {state.live}"
+                     f" (release {live_release})")
+        if state.maintenance:
+            lines.append("maintenance mode: ON (visitors get the maintenance page)")
+        for colour, release in sorted(state.colours.items()):
+            if colour != state.live:
+                lines.append(f"standby {colour}: {release_sha(release)} (rollback target)")
+    if state.lock:
+        lines.append(f"deploy lock: {lock.describe(state.lock, state.now or time.time())}")
+    for project in [config.app_name] + [f"{config.app_name}-{c}" for c in ("blue", "green")]:
+        for container in state.containers_of(project):
+            lines.append(f"  {project:>16} {container.service:10} {container.status:28} {container.image}")
+    if state.history:
+        lines.append("recent deploys:")
+        lines.extend("  " + history.format_line(record) for record in state.history[-5:])
+    return lines
+
+
+def _json(text: str):
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

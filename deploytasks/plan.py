@@ -1,0 +1,116 @@
+"""The plan: named steps of argv commands and files, each with an optional undo.
+
+A plan is plain data. It is what `--dry-run` prints, what unit tests compare, and what the
+executor runs; nothing here imports fabric or knows how a command reaches a host.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Cmd:
+    """One remote command. `unless`: skip it when that command succeeds (idempotence)."""
+
+    argv: tuple[str, ...]
+    unless: tuple[str, ...] | None = None
+    stream: bool = False  # show output live (pulls, migrations) instead of only on failure
+
+    def __str__(self) -> str:
+        line = shlex.join(self.argv)
+        return f"{line}    # unless: {shlex.join(self.unless)}" if self.unless else line
+
+
+@dataclass(frozen=True)
+class Put:
+    """A file written atomically (temp name, then rename) with the given mode."""
+
+    path: str
+    content: bytes = field(repr=False)
+    mode: int = 0o644
+    secret: bool = False  # never print its content
+
+    def __str__(self) -> str:
+        return f"put {self.path} (mode {self.mode:04o}, {len(self.content)} bytes)"
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Run argv every `interval` s until it succeeds (and prints `expect`, if set) or `timeout` s pass."""
+
+    argv: tuple[str, ...]
+    timeout: float
+    interval: float
+    expect: str | None = None
+
+    def __str__(self) -> str:
+        want = f" and prints {self.expect!r}" if self.expect else ""
+        return f"poll every {self.interval:g}s for {self.timeout:g}s until it succeeds{want}: {shlex.join(self.argv)}"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A pause with a reason: time for something we cannot observe from here to settle."""
+
+    seconds: float
+    why: str
+
+    def __str__(self) -> str:
+        return f"wait {self.seconds:g}s ({self.why})"
+
+
+Action = Cmd | Put | Poll | Wait
+
+
+@dataclass(frozen=True)
+class Step:
+    """A named phase. `undo` runs (in reverse plan order) when this or a later step fails;
+    `diagnose` commands are run and shown when this step fails. A `best_effort` step comes
+    after the point of no return: its failure is a warning, never a reason to undo."""
+
+    name: str
+    actions: tuple[Action, ...]
+    undo: tuple[Cmd, ...] = ()
+    diagnose: tuple[Cmd, ...] = ()
+    best_effort: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one task will do on one host, and what to record when it is done."""
+
+    kind: str  # deploy | rollback | maintenance ...
+    sha: str
+    steps: tuple[Step, ...]
+    summary: dict = field(default_factory=dict)
+
+    def describe(self) -> list[str]:
+        """The plan as text: every command and every file, secrets masked."""
+        lines = []
+        for number, step in enumerate(self.steps, 1):
+            lines.append(f"{number}. {step.name}")
+            for action in step.actions:
+                lines.append(f"     {action}")
+                if isinstance(action, Put):
+                    lines.extend(f"       | {line}" for line in _preview(action))
+            lines.extend(f"     undo: {cmd}" for cmd in step.undo)
+        return lines
+
+
+def _preview(put: Put) -> list[str]:
+    if put.secret:
+        return ["<secret values not shown>"]
+    try:
+        return put.content.decode().splitlines()
+    except UnicodeDecodeError:
+        return ["<binary>"]
+
+
+def cmd(*argv: str, unless: tuple[str, ...] | list[str] | None = None, stream: bool = False) -> Cmd:
+    return Cmd(tuple(str(a) for a in argv), tuple(unless) if unless else None, stream)
+
+
+def sh(script: str, *args: str) -> tuple[str, ...]:
+    """A small fixed shell script with values passed as positional arguments, never spliced in."""
+    return ("sh", "-c", script, "sh", *args)

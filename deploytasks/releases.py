@@ -1,0 +1,39 @@
+"""Release directories: created per deploy, named <UTC-ts>-<sha>, pruned to the newest N.
+
+Cleanup never removes what a colour runs or what `current` points at: those are the
+instant rollbacks.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+from .facts import HostState
+from .layout import COLOURS, Layout
+from .plan import Step, cmd
+
+SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
+
+
+def name(sha: str, now: float | None = None) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time())) + f"-{sha}"
+
+
+def prepare_step(layout: Layout, release_dir: str) -> Step:
+    dirs = [release_dir, f"{release_dir}/nginx", layout.shared, layout.state, layout.nginx_dir]
+    dirs += [layout.run_dir(colour) for colour in COLOURS]
+    return Step("prepare", (cmd("mkdir", "-p", *dirs), cmd("chmod", "755", layout.run, *(layout.run_dir(c) for c in COLOURS))),
+                undo=(cmd("rm", "-rf", release_dir),))
+
+
+def to_delete(state: HostState, keep_count: int, keep: tuple[str, ...] = ()) -> list[str]:
+    protected = set(keep) | set(state.colours.values()) | ({state.current} if state.current else set())
+    candidates = sorted(set(state.releases) | set(keep))
+    newest = set(candidates[-keep_count:])
+    return [r for r in candidates if r not in newest and r not in protected]
+
+
+def cleanup_step(layout: Layout, state: HostState, keep_count: int, keep: tuple[str, ...] = ()) -> Step:
+    doomed = to_delete(state, keep_count, keep)
+    actions = (cmd("rm", "-rf", *(layout.release(r) for r in doomed)),) if doomed else ()
+    return Step(f"cleanup ({len(doomed)} old release(s))", actions, best_effort=True)

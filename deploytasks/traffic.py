@@ -1,0 +1,67 @@
+"""Moving traffic between colours: readiness gate, switch, check through nginx, drain.
+
+Shared by container and process releases: both put the new colour's web server on its own
+unix socket, and both switch by swapping the live symlink nginx connects through.
+"""
+from __future__ import annotations
+
+from .config import Config
+from .layout import Layout
+from .plan import Cmd, Poll, Step, Wait, cmd
+
+# After the swap no new connection reaches the old colour, but ones nginx opened an instant
+# before may still sit in its accept queue; give the old workers time to take them.
+SETTLE_SECONDS = 1.0
+
+
+def swap_link(target: str, link: str) -> tuple[Cmd, Cmd]:
+    """Point `link` at `target` with rename(2): readers see the old or the new, never nothing."""
+    staged = f"{link}.new"
+    return cmd("ln", "-sfn", target, staged), cmd("mv", "-fT", staged, link)
+
+
+def unlink_or_swap(target: str | None, link: str) -> tuple[Cmd, ...]:
+    return swap_link(target, link) if target else (cmd("rm", "-f", link),)
+
+
+def readiness(config: Config, colour: str, diagnose: tuple[Cmd, ...] = ()) -> Step:
+    layout = Layout.of(config)
+    probe = ("curl", "-fsS", "--max-time", "5", "--unix-socket", layout.socket(colour),
+             f"http://localhost{config.ready_path}")
+    return Step(f"ready: {colour}", (Poll(probe, config.health_timeout, config.health_interval),), diagnose=diagnose)
+
+
+def switch(config: Config, colour: str, release: str, previous: dict[str, str | None]) -> Step:
+    """Send new connections to `colour`; undo puts back what `previous` (live colour, the colour's
+    old release, current release) recorded."""
+    layout = Layout.of(config)
+    release_dir = f"../releases/{release}"
+    undo_live = previous.get("live")
+    return Step(
+        f"switch to {colour}",
+        (
+            *swap_link(f"{colour}/{layout.web}.sock", layout.live_socket),
+            *swap_link(release_dir, layout.colour_link(colour)),
+            *swap_link(f"releases/{release}", layout.current),
+        ),
+        undo=(
+            *unlink_or_swap(f"{undo_live}/{layout.web}.sock" if undo_live else None, layout.live_socket),
+            *unlink_or_swap(f"../releases/{previous['colour']}" if previous.get("colour") else None,
+                            layout.colour_link(colour)),
+            *unlink_or_swap(f"releases/{previous['current']}" if previous.get("current") else None, layout.current),
+        ),
+    )
+
+
+def verify(config: Config, sha: str) -> Step:
+    """The new SHA answers through the host's nginx, as users reach it."""
+    host = next((n for n in config.server_name.split() if n != "_" and "*" not in n), "localhost")
+    probe = ("curl", "-fsS", "--max-time", "5", "-H", f"Host: {host}",
+             f"http://127.0.0.1:{config.nginx_listen}{config.version_path}")
+    return Step("check through nginx", (Poll(probe, min(config.health_timeout, 30), config.health_interval, expect=sha),))
+
+
+def drain(colour: str, stop: tuple[Cmd, ...]) -> Step:
+    """Let the old colour finish what it has, then stop it (kept for an instant rollback)."""
+    return Step(f"drain {colour}", (Wait(SETTLE_SECONDS, "let the old colour accept what nginx already sent it"), *stop),
+                best_effort=True)

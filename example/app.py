@@ -1,0 +1,176 @@
+"""Example app for deploytasks: a stdlib WSGI app backed by redis, served by gunicorn.
+
+Its build.json (baked into the image) says which git SHA it is, which schema
+versions it works with and how it misbehaves, so deploy tests can exercise
+migrations, readiness gates and rollbacks against real containers.
+
+    gunicorn app:app                 serve (GUNICORN_CMD_ARGS supplies --bind)
+    python3 app.py migrate           raise redis "schema_version" to this build's migrate_to
+    python3 app.py healthcheck       exit 0 when /healthz on APP_SOCKET answers 200
+"""
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+
+if __name__ != "__main__":
+    # A real app spends seconds importing its framework; gunicorn workers pay it at boot.
+    # The CLI (migrate, healthcheck) runs as __main__ and is not slowed down.
+    time.sleep(float(os.environ.get("BOOT_SECONDS", "2")))
+
+BUILD_JSON = os.environ.get("BUILD_JSON", "/app/build.json")
+with open(BUILD_JSON) as _f:
+    BUILD = json.load(_f)
+SHA = BUILD["sha"]
+SCHEMA_MIN = int(BUILD["schema_min"])
+SCHEMA_MAX = int(BUILD["schema_max"])
+REDIS_URL = os.environ.get("REDIS_URL", "redis://db:6379/0")
+APP_SOCKET = os.environ.get("APP_SOCKET", "/run/deploytasks/web.sock")
+
+_redis = None
+
+
+def db():
+    """One lazily created client per process; redis-py reconnects by itself."""
+    global _redis
+    if _redis is None:
+        import redis
+
+        _redis = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=2)
+    return _redis
+
+
+def schema_version():
+    return int(db().get("schema_version") or 0)
+
+
+def not_ready_reason():
+    """None when this build can serve traffic, else a one-line reason."""
+    try:
+        db().ping()
+        current = schema_version()
+    except Exception as exc:  # redis.exceptions.* and socket errors alike
+        return f"redis unavailable at {REDIS_URL}: {exc.__class__.__name__}"
+    if not SCHEMA_MIN <= current <= SCHEMA_MAX:
+        return f"schema_version {current} outside supported range {SCHEMA_MIN}..{SCHEMA_MAX}"
+    if BUILD.get("never_ready"):
+        return "this build never becomes ready (never_ready)"
+    return None
+
+
+# ------------------------------------------------------------------ WSGI
+
+def _text(status, body):
+    return status, "text/plain; charset=utf-8", body
+
+
+def _json(status, data):
+    return status, "application/json", json.dumps(data) + "\n"
+
+
+def _read_body(environ):
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    return environ["wsgi.input"].read(length) if length > 0 else b""
+
+
+def route(environ):
+    method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/"
+    if method in ("GET", "HEAD"):
+        if path == "/healthz":
+            return _text("200 OK", "ok\n")
+        if path == "/readyz":
+            reason = not_ready_reason()
+            if reason is None:
+                return _text("200 OK", "ready\n")
+            return _text("503 Service Unavailable", f"not ready: {reason}\n")
+        if path == "/version":
+            return _text("200 OK", SHA + "\n")
+        if path == "/":
+            return _json("200 OK", {"sha": SHA, "colour": os.environ.get("DEPLOY_COLOUR", "")})
+        if path == "/items":
+            items = [i.decode("utf-8", "replace") for i in db().lrange("items", 0, -1)]
+            return _json("200 OK", items)
+    if method == "POST" and path == "/items":
+        count = db().rpush("items", _read_body(environ))
+        return _json("201 Created", {"sha": SHA, "count": count})
+    return _text("404 Not Found", "not found\n")
+
+
+def app(environ, start_response):
+    try:
+        status, content_type, body = route(environ)
+    except Exception as exc:  # keep the version header even on errors
+        status, content_type, body = _text("500 Internal Server Error", f"error: {exc.__class__.__name__}\n")
+    data = body.encode()
+    start_response(status, [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(data))),
+        ("X-App-Version", SHA),
+    ])
+    return [] if environ["REQUEST_METHOD"] == "HEAD" else [data]
+
+
+# ------------------------------------------------------------------ CLI
+
+def migrate():
+    """Raise schema_version to this build's migrate_to; never lower it."""
+    target = int(BUILD["migrate_to"])
+    current = schema_version()
+    print(f"migrate: build {SHA[:12]} ({BUILD.get('name', '?')}), redis {REDIS_URL}")
+    if BUILD.get("migrate_fails"):
+        print(f"schema_version {current} -> {target}")
+        print("applying migration 0001_initial ... already applied")
+        print("applying migration 0002_add_colour ...")
+        print("ERROR: migration 0002 failed: duplicate column", file=sys.stderr)
+        return 1
+    if current >= target:
+        print(f"schema_version {current} >= {target}: nothing to do")
+        return 0
+    print(f"schema_version {current} -> {target}")
+    db().set("schema_version", target)
+    print("done")
+    return 0
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def healthcheck():
+    """Compose healthcheck: GET /healthz over the gunicorn unix socket, 2 s budget."""
+    try:
+        conn = _UnixHTTPConnection(APP_SOCKET, timeout=2)
+        conn.request("GET", "/healthz")
+        status = conn.getresponse().status
+    except OSError as exc:
+        print(f"healthcheck: {APP_SOCKET}: {exc}", file=sys.stderr)
+        return 1
+    return 0 if status == 200 else 1
+
+
+def main(argv):
+    commands = {"migrate": migrate, "healthcheck": healthcheck}
+    if len(argv) != 2 or argv[1] not in commands:
+        print(f"usage: {argv[0]} {{{'|'.join(commands)}}}", file=sys.stderr)
+        return 2
+    try:
+        return commands[argv[1]]()
+    except Exception as exc:
+        print(f"ERROR: {argv[1]}: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
