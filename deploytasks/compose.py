@@ -43,13 +43,13 @@ def model(config: Config) -> dict:
 
 def release_files(config: Config) -> dict[str, bytes]:
     """Compose files keyed by their path relative to the project root, as they are in git."""
-    return {str(path.relative_to(config.root)): path.read_bytes() for path in config.compose_files}
+    return {name: path.read_bytes() for name, path in zip(release_files_names(config), config.compose_files)}
 
 
 def shared_networks(config: Config, compose: dict) -> dict[str, str]:
     """Networks both colours and the stateful project join: created by the deploy, named per app."""
-    names = [n for n, spec in compose["networks"].items() if not spec.get("external") and n != "default"]
-    return {n: f"{config.app_name}_{n}" for n in ["default", *names]}
+    named = {n: spec.get("name") for n, spec in compose["networks"].items() if not spec.get("external")}
+    return {n: named.get(n) or f"{config.app_name}_{n}" for n in ["default", *named]}
 
 
 def overlay(config: Config, compose: dict, layout: Layout, release_dir: str, sha: str, colour: str) -> str:
@@ -97,7 +97,7 @@ def app_env(values: dict[str, str]) -> str:
 
 
 def _quote(value: str) -> str:
-    if "'" not in value:
+    if "'" not in value and not value.endswith("\\"):
         return f"'{value}'"
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$") + '"'
 

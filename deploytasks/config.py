@@ -24,7 +24,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 IMAGE_RE = re.compile(r"^[a-z0-9]+([._:/-][a-z0-9]+)*$")
-PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
+PATH_RE = re.compile(r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+/?$")
 URL_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]*$")
 CIDR_RE = re.compile(r"^[0-9a-fA-F:.]+(/\d{1,3})?$")
@@ -149,7 +149,7 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
     both = sorted(set(stateless) & set(stateful))
     if both:
         problems.append(f"STATEFUL_SERVICES: {', '.join(both)} cannot also be stateless")
-    compose_files = tuple(root / f for f in _split(v.get("COMPOSE_FILES")))
+    compose_files = _compose_files(root, _split(v.get("COMPOSE_FILES")), problems)
     if mode == "containers":
         _check_compose(compose_files, stateless, stateful, problems)
     images = _images(raw, stateless if mode == "containers" else (), problems)
@@ -208,7 +208,7 @@ class _Validator:
 
     def match(self, key: str, pattern: re.Pattern, what: str, default: str = "") -> str:
         value = self.get(key) or default
-        if value and not pattern.match(value):
+        if value and (not pattern.match(value) or (pattern is PATH_RE and ".." in value.split("/"))):
             self.problems.append(f"{key}: {value!r} is not {what}")
         return value
 
@@ -240,7 +240,7 @@ class _Validator:
         bad = [i for i in items if not pattern.match(i)]
         if bad:
             self.problems.append(f"{key}: {', '.join(map(repr, bad))} not {what}")
-        if required and not items and key in self.raw:
+        if required and not items and self.raw.get(key, "").strip():
             self.problems.append(f"{key}: empty (required)")
         return tuple(items)
 
@@ -258,6 +258,18 @@ def _split(value: str) -> list[str]:
 
 def image_key(service: str) -> str:
     return "IMAGE_" + re.sub(r"[^A-Za-z0-9]", "_", service).upper()
+
+
+def _compose_files(root: Path, names: list[str], problems: list[str]) -> tuple[Path, ...]:
+    """Compose files live inside the project: they are uploaded under the same relative path."""
+    inside = []
+    for name in names:
+        path = (root / name).resolve()
+        if Path(name).is_absolute() or not path.is_relative_to(root.resolve()):
+            problems.append(f"COMPOSE_FILES: {name!r} must be a path inside the project")
+        else:
+            inside.append(root / name)
+    return tuple(inside)
 
 
 def _images(raw: dict[str, str], stateless: tuple[str, ...], problems: list[str]) -> dict[str, str]:

@@ -83,26 +83,27 @@ def execute(remote: Remote, plan: Plan) -> Outcome:
     """Run every step; on failure undo what was done (newest first) and raise StepFailed."""
     outcome = Outcome()
     done: list[Step] = []
-    with _interruptible(remote):
-        for step in plan.steps:
-            started = time.monotonic()
-            remote.console(f"-> {step.name}")
-            try:
-                for action in step.actions:
+    for step in plan.steps:
+        started = time.monotonic()
+        remote.console(f"-> {step.name}")
+        try:
+            for action in step.actions:
+                if not step.best_effort:  # past the switch, finishing is safer than undoing
                     _check_interrupt(remote)
-                    _perform(remote, action)
-            except StepFailed as failure:
-                if step.best_effort and not isinstance(failure, Interrupted):
-                    outcome.warnings.append(f"{step.name}: {failure}")
-                    remote.console(f"   ! {step.name} failed after the switch (the new version serves): {failure}")
-                    continue
+                _perform(remote, action)
+        except StepFailed as failure:
+            if step.best_effort:
+                outcome.warnings.append(f"{step.name}: {failure}")
+                remote.console(f"   ! {step.name} failed after the switch (the new version serves): {failure}")
+                continue
+            if not isinstance(failure, Interrupted):
                 _diagnose(remote, step)
-                _undo(remote, done + [step])
-                raise
-            seconds = time.monotonic() - started
-            outcome.steps.append((step.name, seconds))
-            remote.console(f"   ok {step.name} ({seconds:.1f}s)")
-            done.append(step)
+            _undo(remote, done + [step])
+            raise
+        seconds = time.monotonic() - started
+        outcome.steps.append((step.name, seconds))
+        remote.console(f"   ok {step.name} ({seconds:.1f}s)")
+        done.append(step)
     return outcome
 
 
@@ -113,7 +114,7 @@ def _perform(remote: Remote, action) -> None:
         result = remote.run(action.argv, stream=action.stream)
         if not result.ok:
             raise StepFailed(f"{remote.host}: `{remote.console.mask(str(action))[:200]}` failed (exit {result.exited})",
-                             [] if action.stream else [remote.console.mask(line) for line in tail(result)])
+                             [remote.console.mask(line) for line in tail(result)])
     elif isinstance(action, Put):
         remote.put(action)
     elif isinstance(action, Poll):
@@ -159,8 +160,9 @@ def _check_interrupt(remote: Remote) -> None:
 
 
 @contextmanager
-def _interruptible(remote: Remote):
-    """Ctrl-C lets the running command finish, then undoes; a second Ctrl-C aborts at once."""
+def interruptible(remote: Remote):
+    """Ctrl-C (or SIGTERM) lets the running command finish, then undoes what the plan did and
+    releases the lock; a second one aborts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -171,8 +173,9 @@ def _interruptible(remote: Remote):
         remote.interrupted = True
         remote.console("! interrupted: finishing the current command, then undoing (Ctrl-C again to abort now)")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

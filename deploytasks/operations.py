@@ -16,7 +16,7 @@ from .config import Config
 from .connection import connect
 from .console import Console
 from .errors import ConfigError, DeployError, StepFailed
-from .executor import Remote, execute
+from .executor import Remote, execute, interruptible
 from .facts import HostState, parse, read_command, release_sha
 from .layout import Layout
 from .plan import Plan
@@ -110,7 +110,7 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
                 for line in plan.describe():
                     remote.console(line)
                 continue
-            with locked(remote, layout, kind, sha, force_unlock) as owner:
+            with interruptible(remote), locked(remote, layout, kind, sha, force_unlock) as owner:
                 state = read_state(remote, layout)
                 if kind == "rollback" and sha and sha not in history.last_good(state.history):
                     raise DeployError(f"{host}: {sha} never served here (not in the history as a successful deploy); "

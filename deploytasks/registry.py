@@ -6,6 +6,7 @@ environment (REGISTRY_USER, REGISTRY_PASSWORD), never from an env file.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 
@@ -20,19 +21,26 @@ ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
 ])
 TIMEOUT = 10
+DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 
 def split(image: str) -> tuple[str, str]:
     """'ghcr.io/org/web' -> ('ghcr.io', 'org/web'); 'redis' -> Docker Hub's 'library/redis'."""
     first, _, rest = image.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
+    if rest and first in DOCKER_HUB_ALIASES:
+        image = rest
+    elif rest and ("." in first or ":" in first or first == "localhost"):
         return first, rest
-    return "registry-1.docker.io", image if rest else f"library/{image}"
+    return "registry-1.docker.io", image if "/" in image else f"library/{image}"
 
 
 def base_url(registry: str) -> str:
-    host = registry.rsplit(":", 1)[0] if not registry.startswith("[") else registry.split("]")[0] + "]"
-    loopback = host in ("localhost", "[::1]") or host.startswith("127.")
+    """Docker's own rule: plain HTTP only for registries on the loopback interface."""
+    host = registry.split("]")[0].lstrip("[") if registry.startswith("[") else registry.rsplit(":", 1)[0]
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
     return f"{'http' if loopback else 'https'}://{registry}"
 
 

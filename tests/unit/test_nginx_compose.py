@@ -1,0 +1,258 @@
+"""nginx site rendering and the compose overlay that makes blue/green work."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+
+import pytest
+import yaml
+from conftest import GOOD_ENV, REPO, make_root
+from dotenv import dotenv_values
+
+from deploytasks import compose, nginx
+from deploytasks import config as configuration
+from deploytasks.layout import Layout
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+class Reset(list):
+    pass
+
+
+_Loader.add_constructor("!reset", lambda loader, node: Reset(loader.construct_sequence(node)))
+
+
+def _overlay(config, colour="green", sha=SHA, release_dir="/srv/example/releases/r1"):
+    text = compose.overlay(config, compose.model(config), Layout.of(config), release_dir, sha, colour)
+    return text, yaml.load(text, Loader=_Loader)
+
+
+# --- nginx ----------------------------------------------------------------------------------------
+
+def test_render_replaces_placeholders_and_leaves_nginx_syntax_alone():
+    template = "a {{x}} b {{ y }} ${{x}}_v $host ${var} {z} {{x}}"
+    assert nginx.render(template, {"x": "one", "y": 2}) == "a one b 2 $one_v $host ${var} {z} one"
+
+
+def test_render_unknown_placeholder_fails():
+    with pytest.raises(KeyError, match="nope"):
+        nginx.render("server {{nope}};", {"x": 1})
+
+
+def test_site_of_the_local_env(local_config):
+    site = nginx.site(local_config)
+    assert "{{" not in site and "}}" not in site
+    assert site.count("server unix:/srv/example/run/web.sock max_fails=0") == 2
+    assert re.search(r"^\s*listen 8080;$", site, re.M)
+    assert "server_name _;" in site
+    assert "if (-f /srv/example/state/maintenance)" in site
+    assert "    10.99.0.0/16 1;\n" in site
+    assert "geo $example_maintenance_allow {" in site
+    assert "location = /healthz { proxy_pass http://example_web; }" in site
+    assert "location = /readyz { proxy_pass http://example_web; }" in site
+    assert "root /srv/example/nginx;" in site
+    assert f"add_header Retry-After {nginx.RETRY_AFTER_SECONDS} always;" in site
+
+
+def test_site_allowlist_and_names_per_config(local_config):
+    config = dataclasses.replace(local_config, app_name="my-shop", maintenance_allow=("10.1.0.0/16", "192.0.2.7"),
+                                 server_name="shop.example.com www.shop.example.com", nginx_listen=443,
+                                 deploy_path="/opt/shop")
+    site = nginx.site(config)
+    assert "    10.1.0.0/16 1;\n    192.0.2.7 1;\n}" in site
+    assert "upstream my_shop_web {" in site and "$my_shop_maintenance_allow" in site  # nginx variables need _
+    assert "listen 443;" in site and "server_name shop.example.com www.shop.example.com;" in site
+    assert "unix:/opt/shop/run/web.sock" in site and "/opt/shop/state/maintenance" in site
+
+
+def test_site_without_allowlist(local_config):
+    site = nginx.site(dataclasses.replace(local_config, maintenance_allow=()))
+    assert re.search(r"geo \$example_maintenance_allow \{\n    default 0;\n\n\}", site)
+
+
+def test_install_step_validates_before_reload(local_config):
+    step = nginx.install_step(local_config, "/srv/example/releases/r1/nginx/site.conf")
+    put, install = step.actions
+    assert put.path == "/srv/example/nginx/maintenance.html"
+    assert put.content == (REPO / "nginx" / "maintenance.html").read_bytes()
+    assert install.argv[:2] == ("sh", "-c") and install.argv[3:] == (
+        "sh", "/srv/example/releases/r1/nginx/site.conf", "/var/lib/deploytasks-testbed/nginx/conf.d/example.conf",
+        "/var/lib/deploytasks-testbed/nginx/conf.d/.example.conf.previous",
+        "/var/lib/deploytasks-testbed/nginx/nginx.conf")
+    script = install.argv[2]
+    assert script.index("nginx -t") < script.index("nginx -s reload")
+
+
+# --- compose overlay --------------------------------------------------------------------------
+
+def test_overlay_per_colour(local_config):
+    for colour in ("blue", "green"):
+        text, doc = _overlay(local_config, colour)
+        assert text.startswith(f"# Rendered by deploytasks for example {SHA} ({colour})")
+        web = doc["services"]["web"]
+        assert web["image"] == f"127.0.0.1:5000/example/web:{SHA}"
+        assert web["volumes"] == [f"/srv/example/run/{colour}:/run/deploytasks"]
+        assert web["environment"]["DEPLOY_COLOUR"] == colour and web["environment"]["DEPLOY_SHA"] == SHA
+        assert web["environment"]["DEPLOY_ENV"] == "local"
+        assert web["environment"]["GUNICORN_CMD_ARGS"] == \
+            "--bind=unix:/run/deploytasks/web.sock --graceful-timeout=10"
+        assert web["environment"]["APP_SOCKET"] == "/run/deploytasks/web.sock"
+        assert web["env_file"] == ["/srv/example/releases/r1/app.env"]
+        assert web["labels"] == {"deploytasks.sha": SHA, "deploytasks.colour": colour}
+        assert web["stop_grace_period"] == "15s"
+        assert "db" not in doc["services"]  # stateful services are never part of a colour
+
+
+def test_overlay_resets_published_ports(local_config):
+    text, doc = _overlay(local_config)
+    assert "ports: !reset []" in text
+    assert isinstance(doc["services"]["web"]["ports"], Reset) and doc["services"]["web"]["ports"] == []
+
+
+def test_overlay_shares_network_and_volumes(local_config):
+    _, doc = _overlay(local_config)
+    assert doc["networks"] == {"default": {"name": "example_default", "external": True}}
+    assert doc["volumes"] == {"dbdata": {"name": "example_dbdata"}}
+
+
+COMPOSE_MORE = """\
+services:
+  web:
+    image: x
+    networks: [default, backend]
+  worker:
+    image: x
+  db:
+    image: redis
+    networks: [backend]
+    volumes: [dbdata:/data, media:/media, legacy:/legacy]
+networks:
+  backend:
+  proxy:
+    external: true
+volumes:
+  dbdata:
+  media:
+    name: acme-media
+  legacy:
+    external: true
+"""
+
+
+@pytest.fixture
+def more_config(tmp_path):
+    env = GOOD_ENV.replace("STATELESS_SERVICES=web", "STATELESS_SERVICES=web,worker") + "IMAGE_WORKER=ghcr.io/acme/w\n"
+    root = make_root(tmp_path, {"t": env}, compose=COMPOSE_MORE)
+    return configuration.load(root, "t", environ={})
+
+
+def test_overlay_with_several_services_networks_and_volumes(more_config):
+    text, doc = _overlay(more_config, "blue", release_dir="/srv/shop/releases/r1")
+    assert set(doc["services"]) == {"web", "worker"}
+    worker = doc["services"]["worker"]
+    assert "ports" not in worker  # nothing to reset
+    assert "GUNICORN_CMD_ARGS" not in worker["environment"] and "APP_SOCKET" not in worker["environment"]
+    assert worker["image"] == f"ghcr.io/acme/w:{SHA}"
+    assert worker["volumes"] == ["/srv/shop/run/blue:/run/deploytasks"]
+    assert doc["networks"] == {"default": {"name": "shop_default", "external": True},
+                               "backend": {"name": "shop_backend", "external": True}}
+    # volumes the team named or made external keep their names
+    assert doc["volumes"] == {"dbdata": {"name": "shop_dbdata"}}
+
+
+def test_shared_networks_are_created_by_the_deploy(more_config, first_state):
+    from deploytasks import containers
+
+    plan = containers.deploy(more_config, first_state, "abc1234", "r1")
+    networks = [s for s in plan.steps if s.name == "networks"][0]
+    assert [a.argv[-1] for a in networks.actions] == ["shop_default", "shop_backend"]
+
+
+def test_overlay_keeps_an_explicitly_named_network(tmp_path):
+    compose_text = COMPOSE_MORE.replace("  backend:\n", "  backend:\n    name: acme-backend\n")
+    env = GOOD_ENV.replace("STATELESS_SERVICES=web", "STATELESS_SERVICES=web,worker") + "IMAGE_WORKER=ghcr.io/acme/w\n"
+    config = configuration.load(make_root(tmp_path, {"t": env}, compose=compose_text), "t", environ={})
+    _, doc = _overlay(config)
+    assert doc["networks"]["backend"]["name"] == "acme-backend"
+
+
+def test_compose_command_and_project(local_config):
+    argv = compose.command(local_config, "/r", "example-blue", "ps")
+    assert argv == ("docker", "compose", "-p", "example-blue", "--env-file", "/r/compose.env",
+                    "-f", "/r/compose/compose.yml", "-f", "/r/compose.deploy.yml", "ps")
+    assert compose.project(local_config) == "example" and compose.project(local_config, "green") == "example-green"
+
+
+def test_interpolation_env(local_config):
+    assert compose.interpolation_env(local_config, "abc1234", "blue") == \
+        "DEPLOY_SHA=abc1234\nDEPLOY_COLOUR=blue\nDEPLOY_ENV=local\nAPP_NAME=example\n"
+
+
+def test_model_merges_files_in_order(tmp_path):
+    root = make_root(tmp_path, {})
+    (root / "compose" / "override.yml").write_text("services:\n  web:\n    image: other\n  extra:\nvolumes:\n  more:\n")
+    config = configuration.load(make_root(root, {"t": GOOD_ENV.replace(
+        "COMPOSE_FILES=compose/compose.yml", "COMPOSE_FILES=compose/compose.yml,compose/override.yml")
+        .replace("STATEFUL_SERVICES=db", "STATEFUL_SERVICES=db,extra")}), "t", environ={})
+    model = compose.model(config)
+    assert model["services"]["web"]["image"] == "other" and "ports" in model["services"]["web"]
+    assert set(model["volumes"]) == {"dbdata", "more"}
+    assert compose.release_files_names(config) == ["compose/compose.yml", "compose/override.yml"]
+
+
+# --- the app's env file ------------------------------------------------------------------------
+
+ROUND_TRIP = ["plain", "", "with spaces  inside", "$HOME and ${HOME} and $$", "a # not a comment", "#start",
+              'double "quotes"', "tab\there", "ünïcødé ✓", "=equals=", "trailing space ", "semi;colon|pipe&`bq`"]
+
+
+@pytest.mark.parametrize("value", ROUND_TRIP)
+def test_app_env_round_trips_through_dotenv(value):
+    text = compose.app_env({"KEY": value})
+    assert text.count("\n") == 1 and text.startswith("KEY=")
+    # compose does not interpolate single-quoted env_file values; python-dotenv would unless told not to
+    assert dotenv_values(stream=io.StringIO(text), interpolate=False) == {"KEY": value}
+
+
+@pytest.mark.parametrize("value, line", [
+    ("it's", '"it\'s"'),
+    ("it's $5", '"it\'s $$5"'),
+    ("it's \"x\" \\ y", '"it\'s \\"x\\" \\\\ y"'),
+])
+def test_app_env_values_with_single_quotes_are_double_quoted_with_dollars_doubled(value, line):
+    assert compose.app_env({"K": value}) == f"K={line}\n"
+
+
+def test_app_env_keeps_order_and_one_line_per_key():
+    text = compose.app_env({"A": "1", "B": "x y", "C": "it's"})
+    assert text.splitlines() == ["A='1'", "B='x y'", "C=\"it's\""]
+
+
+def _compose_go_single_quoted(line: str) -> str | None:
+    """compose-go's dotenv reader (extractVarValue) ends a single-quoted value at the first `'`
+    that is NOT preceded by a backslash ("skip escaped quote symbol"); None: unterminated."""
+    value = line.split("=", 1)[1].rstrip("\n")
+    assert value.startswith("'")
+    for i in range(1, len(value)):
+        if value[i] == "'" and value[i - 1] != "\\":
+            return value[1:i]
+    return None
+
+
+def test_app_env_single_quoted_values_as_compose_reads_them():
+    for value in ROUND_TRIP:
+        assert _compose_go_single_quoted(compose.app_env({"K": value})) == value
+
+
+def test_app_env_value_ending_in_backslash():
+    line = compose.app_env({"PASSWORD": "pa55\\"})
+    if line.startswith("PASSWORD='"):
+        assert _compose_go_single_quoted(line) == "pa55\\"
+    else:  # double-quoted: backslash escaped
+        assert line == 'PASSWORD="pa55\\\\"\n'

@@ -1,0 +1,362 @@
+"""Plans: what a deploy or rollback will run, as data (no host needed to check it)."""
+from __future__ import annotations
+
+import dataclasses
+import shlex
+
+import pytest
+from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD
+
+from deploytasks import config as configuration
+from deploytasks import containers, releases
+from deploytasks.errors import DeployError
+from deploytasks.facts import HostState
+from deploytasks.plan import Cmd, Plan, Poll, Put, Step, Wait, cmd, sh
+
+ROOT = "/srv/example"
+HOSTILE_APP_ENV = {
+    "SECRET_KEY": "s3cr3t-$(rm -rf /)-value",
+    "DB_PASSWORD": "pa ss'; drop table users; --",
+    "WEIRD": "a b\t`id` $HOME #not-a-comment \"q\" 'q'",
+    "GREETING": "hello; reboot",
+}
+
+
+def _step(plan: Plan, name: str) -> Step:
+    matches = [s for s in plan.steps if s.name == name]
+    assert len(matches) == 1, [s.name for s in plan.steps]
+    return matches[0]
+
+
+def _names(plan: Plan) -> list[str]:
+    return [s.name for s in plan.steps]
+
+
+def _all_cmds(plan: Plan) -> list[Cmd]:
+    out = []
+    for step in plan.steps:
+        out += [a for a in step.actions if isinstance(a, Cmd)]
+        out += list(step.undo) + list(step.diagnose)
+    return out
+
+
+def _argvs(plan: Plan) -> list[tuple[str, ...]]:
+    argvs = []
+    for step in plan.steps:
+        for action in (*step.actions, *step.undo, *step.diagnose):
+            if isinstance(action, (Cmd, Poll)):
+                argvs.append(action.argv)
+            if isinstance(action, Cmd) and action.unless:
+                argvs.append(action.unless)
+    return argvs
+
+
+@pytest.fixture
+def hostile_config(local_raw):
+    """The local environment, with hostile app values passed through from the process environment."""
+    raw = dict(local_raw, APP_ENV_PASSTHROUGH=",".join(HOSTILE_APP_ENV),
+               MIGRATE_COMMAND="python3 -c 'import app; app.migrate(\"all; now\")'")
+    return configuration.parse(REPO, "local", raw, dict(HOSTILE_APP_ENV))
+
+
+# --- deploy -----------------------------------------------------------------------------
+
+def test_first_deploy_starts_blue_without_drain(local_config, first_state):
+    plan = containers.deploy(local_config, first_state, SHA_NEW, REL_NEW)
+    assert plan.kind == "deploy" and plan.sha == SHA_NEW
+    assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None}
+    assert _names(plan) == ["prepare", "upload release", "pull images", "networks", "stateful services", "migrate",
+                            "start blue", "ready: blue", "nginx site", "switch to blue", "check through nginx",
+                            "cleanup (0 old release(s))"]
+    assert not any(s.name.startswith("drain") for s in plan.steps)
+    switch = _step(plan, "switch to blue")
+    assert [a.argv for a in switch.actions[:2]] == [
+        ("ln", "-sfn", "blue/web.sock", f"{ROOT}/run/web.sock.new"),
+        ("mv", "-fT", f"{ROOT}/run/web.sock.new", f"{ROOT}/run/web.sock"),
+    ]
+    # nothing served before: undoing removes the links instead of pointing them anywhere
+    assert [u.argv for u in switch.undo] == [
+        ("rm", "-f", f"{ROOT}/run/web.sock"), ("rm", "-f", f"{ROOT}/state/blue"), ("rm", "-f", f"{ROOT}/current"),
+    ]
+
+
+def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_live_state):
+    plan = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
+    assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": SHA_OLD}
+    names = _names(plan)
+    assert names == ["prepare", "upload release", "pull images", "networks", "stateful services", "migrate",
+                     "start green", "ready: green", "nginx site", "switch to green", "check through nginx",
+                     "drain blue", "cleanup (0 old release(s))"]
+    # everything before the switch happens beside the live colour
+    assert names.index("ready: green") < names.index("switch to green") < names.index("drain blue")
+
+    switch = _step(plan, "switch to green")
+    assert [a.argv for a in switch.actions] == [
+        ("ln", "-sfn", "green/web.sock", f"{ROOT}/run/web.sock.new"),
+        ("mv", "-fT", f"{ROOT}/run/web.sock.new", f"{ROOT}/run/web.sock"),
+        ("ln", "-sfn", f"../releases/{REL_NEW}", f"{ROOT}/state/green.new"),
+        ("mv", "-fT", f"{ROOT}/state/green.new", f"{ROOT}/state/green"),
+        ("ln", "-sfn", f"releases/{REL_NEW}", f"{ROOT}/current.new"),
+        ("mv", "-fT", f"{ROOT}/current.new", f"{ROOT}/current"),
+    ]
+    assert [u.argv for u in switch.undo] == [
+        ("ln", "-sfn", "blue/web.sock", f"{ROOT}/run/web.sock.new"),
+        ("mv", "-fT", f"{ROOT}/run/web.sock.new", f"{ROOT}/run/web.sock"),
+        ("rm", "-f", f"{ROOT}/state/green"),
+        ("ln", "-sfn", f"releases/{REL_OLD}", f"{ROOT}/current.new"),
+        ("mv", "-fT", f"{ROOT}/current.new", f"{ROOT}/current"),
+    ]
+
+    drain = _step(plan, "drain blue")
+    assert drain.best_effort
+    assert isinstance(drain.actions[0], Wait)
+    stop = drain.actions[1].argv
+    old = f"{ROOT}/releases/{REL_OLD}"
+    assert stop == ("docker", "compose", "-p", "example-blue", "--env-file", f"{old}/compose.env",
+                    "-f", f"{old}/compose/compose.yml", "-f", f"{old}/compose.deploy.yml",
+                    "stop", "-t", "15", "web")
+
+
+def test_deploy_commands_target_the_new_colour_and_release(local_config, blue_live_state):
+    plan = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
+    new = f"{ROOT}/releases/{REL_NEW}"
+    compose_prefix = ("docker", "compose", "-p", "example-green", "--env-file", f"{new}/compose.env",
+                      "-f", f"{new}/compose/compose.yml", "-f", f"{new}/compose.deploy.yml")
+    pull = _step(plan, "pull images").actions[0]
+    assert pull.argv == (*compose_prefix, "pull", "web") and pull.stream
+    migrate = _step(plan, "migrate").actions[0]
+    assert migrate.argv == (*compose_prefix, "run", "--rm", "--no-deps", "-T", "web", "python3", "/app/app.py", "migrate")
+    start = _step(plan, "start green")
+    assert start.actions[0].argv == ("rm", "-f", f"{ROOT}/run/green/web.sock")
+    assert start.actions[1].argv == (*compose_prefix, "up", "-d", "--no-deps", "--force-recreate", "--wait",
+                                     "--wait-timeout", "60", "web")
+    assert start.undo[0].argv == (*compose_prefix, "rm", "-f", "-s", "web")
+    assert start.diagnose  # logs are shown when the new colour does not come up
+    stateful = _step(plan, "stateful services").actions[0].argv
+    assert stateful[:4] == ("docker", "compose", "-p", "example") and stateful[-4:] == ("up", "-d", "--no-recreate", "db")
+    networks = _step(plan, "networks").actions
+    assert [(n.argv, n.unless) for n in networks] == [
+        (("docker", "network", "create", "example_default"), ("docker", "network", "inspect", "example_default"))]
+    ready = _step(plan, "ready: green").actions[0]
+    assert isinstance(ready, Poll) and f"{ROOT}/run/green/web.sock" in ready.argv
+    check = _step(plan, "check through nginx").actions[0]
+    assert check.expect == SHA_NEW and "http://127.0.0.1:8080/version" in check.argv
+    assert _step(plan, "prepare").undo == (cmd("rm", "-rf", new),)
+
+
+def test_uploads_are_inside_the_release_and_app_env_is_secret(local_config, first_state):
+    plan = containers.deploy(local_config, first_state, SHA_NEW, REL_NEW)
+    new = f"{ROOT}/releases/{REL_NEW}"
+    upload = _step(plan, "upload release")
+    mkdir, puts = upload.actions[0], upload.actions[1:]
+    assert all(isinstance(p, Put) for p in puts)
+    paths = {p.path: p for p in puts}
+    assert set(paths) == {f"{new}/compose/compose.yml", f"{new}/compose.deploy.yml", f"{new}/compose.env",
+                          f"{new}/app.env", f"{new}/nginx/site.conf", f"{new}/RELEASE.json"}
+    assert mkdir.argv == ("mkdir", "-p", new, f"{new}/compose", f"{new}/nginx")
+    app_env = paths[f"{new}/app.env"]
+    assert app_env.secret and app_env.mode == 0o600
+    assert b"local-testbed-not-a-secret" in app_env.content
+    assert all(not p.secret and p.mode == 0o644 for path, p in paths.items() if path != f"{new}/app.env")
+    assert paths[f"{new}/compose/compose.yml"].content == (REPO / "compose" / "compose.yml").read_bytes()
+
+
+def test_no_migrate_removes_the_migrate_step(local_config, blue_live_state):
+    with_migrate = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
+    without = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, migrate=False)
+    assert "migrate" in _names(with_migrate)
+    assert _names(without) == [n for n in _names(with_migrate) if n != "migrate"]
+    assert not any("migrate" in arg for argv in _argvs(without) for arg in argv)
+
+
+def test_no_migrate_command_means_no_migrate_step(local_config, first_state):
+    config = dataclasses.replace(local_config, migrate_command=())
+    assert "migrate" not in _names(containers.deploy(config, first_state, SHA_NEW, REL_NEW))
+
+
+def test_no_stateful_services_means_no_stateful_step(local_config, first_state):
+    config = dataclasses.replace(local_config, stateful=())
+    assert "stateful services" not in _names(containers.deploy(config, first_state, SHA_NEW, REL_NEW))
+
+
+def test_cleanup_step_removes_only_old_releases(local_config):
+    old = tuple(f"2023010{i}T000000Z-{i:07d}" for i in range(1, 8))  # 7 releases, blue serves the last
+    state = HostState(colours={"blue": old[-1], "green": old[-2]}, live="blue", current=old[-1], releases=old)
+    plan = containers.deploy(local_config, state, SHA_NEW, REL_NEW)
+    cleanup = plan.steps[-1]
+    assert cleanup.best_effort and cleanup.name == "cleanup (3 old release(s))"
+    assert cleanup.actions == (cmd("rm", "-rf", *(f"{ROOT}/releases/{r}" for r in old[:3])),)
+
+
+# --- every argv is plain data and survives the shell -------------------------------------------
+
+def test_every_argv_is_str_and_round_trips_through_the_shell(hostile_config, blue_live_state):
+    plan = containers.deploy(hostile_config, blue_live_state, SHA_NEW, REL_NEW)
+    argvs = _argvs(plan)
+    assert len(argvs) > 15
+    for argv in argvs:
+        assert isinstance(argv, tuple) and argv and all(type(a) is str for a in argv), argv
+        assert shlex.split(shlex.join(argv)) == list(argv)
+    # the migrate command's own quoting survives as separate arguments
+    migrate = _step(plan, "migrate").actions[0].argv
+    assert migrate[-3:] == ("python3", "-c", 'import app; app.migrate("all; now")')
+
+
+def test_hostile_app_values_go_only_into_the_secret_app_env(hostile_config, blue_live_state):
+    plan = containers.deploy(hostile_config, blue_live_state, SHA_NEW, REL_NEW)
+    joined = "\n".join(shlex.join(argv) for argv in _argvs(plan))
+    puts = [a for s in plan.steps for a in s.actions if isinstance(a, Put)]
+    for value in HOSTILE_APP_ENV.values():
+        assert value not in joined
+        carriers = [p for p in puts if value.encode() in p.content or _quoted(value).encode() in p.content]
+        assert [p.path for p in carriers] == [f"{ROOT}/releases/{REL_NEW}/app.env"]
+        assert carriers[0].secret
+
+
+def _quoted(value: str) -> str:
+    from deploytasks.compose import _quote
+
+    return _quote(value)
+
+
+# --- describe --------------------------------------------------------------------------------
+
+def test_describe_shows_every_command_and_no_secret(hostile_config, blue_live_state):
+    plan = containers.deploy(hostile_config, blue_live_state, SHA_NEW, REL_NEW)
+    lines = plan.describe()
+    text = "\n".join(lines)
+    assert hostile_config.secrets()  # the test means something only if there are secrets
+    for value in HOSTILE_APP_ENV.values():
+        assert value not in text
+    assert "<secret values not shown>" in text
+    for number, step in enumerate(plan.steps, 1):
+        assert f"{number}. {step.name}" in lines
+        for action in step.actions:
+            assert f"     {action}" in text
+        for undo in step.undo:
+            assert f"     undo: {undo}" in lines
+    # every command that can change the host (actions, their `unless` guards, undos) is shown;
+    # `diagnose` commands (read-only ps/logs run after a failure) are not part of the description
+    for step in plan.steps:
+        for action in (*step.actions, *step.undo):
+            if isinstance(action, (Cmd, Poll)):
+                assert shlex.join(action.argv) in text
+            if isinstance(action, Cmd) and action.unless:
+                assert shlex.join(action.unless) in text
+
+
+def test_describe_previews_public_files_only():
+    plan = Plan("deploy", "abc1234", (Step("files", (
+        Put("/a", b"line one\nline two\n"),
+        Put("/b", b"TOKEN=abc\n", mode=0o600, secret=True),
+        Put("/c", b"\xff\xfe"),
+        Wait(1.5, "settle"),
+        cmd("echo", "hi there", unless=("test", "-e", "/x")),
+    ), undo=(cmd("rm", "-f", "/a"),)),))
+    assert plan.describe() == [
+        "1. files",
+        "     put /a (mode 0644, 18 bytes)",
+        "       | line one",
+        "       | line two",
+        "     put /b (mode 0600, 10 bytes)",
+        "       | <secret values not shown>",
+        "     put /c (mode 0644, 2 bytes)",
+        "       | <binary>",
+        "     wait 1.5s (settle)",
+        "     echo 'hi there'    # unless: test -e /x",
+        "     undo: rm -f /a",
+    ]
+
+
+def test_cmd_and_sh_helpers():
+    assert cmd("a", 1, 2.5).argv == ("a", "1", "2.5")
+    assert sh("echo \"$1\"", "x; y") == ("sh", "-c", "echo \"$1\"", "sh", "x; y")
+    poll = Poll(("curl", "http://x"), 30, 0.5, expect="abc")
+    assert str(poll) == "poll every 0.5s for 30s until it succeeds and prints 'abc': curl http://x"
+
+
+# --- rollback --------------------------------------------------------------------------------
+
+def test_rollback_with_nothing_deployed(local_config, first_state):
+    with pytest.raises(DeployError, match="nothing is deployed"):
+        containers.rollback(local_config, first_state)
+
+
+def test_rollback_without_a_release_on_the_other_side(local_config, blue_live_state):
+    with pytest.raises(DeployError, match="no previous release on the green side"):
+        containers.rollback(local_config, blue_live_state)
+
+
+def test_rollback_when_the_other_release_was_pruned(local_config):
+    state = HostState(colours={"blue": REL_OLD, "green": REL_NEW}, live="green", current=REL_NEW, releases=(REL_NEW,))
+    with pytest.raises(DeployError, match="no previous release on the blue side"):
+        containers.rollback(local_config, state)
+
+
+def test_rollback_starts_the_other_colour_without_recreate_pull_or_migrate(local_config):
+    state = HostState(colours={"blue": REL_OLD, "green": REL_NEW}, live="green", current=REL_NEW,
+                      releases=(REL_OLD, REL_NEW))
+    plan = containers.rollback(local_config, state)
+    assert plan.kind == "rollback" and plan.sha == SHA_OLD
+    assert plan.summary == {"colour": "blue", "release": REL_OLD, "previous": SHA_NEW}
+    assert _names(plan) == ["start blue", "ready: blue", "switch to blue", "check through nginx", "drain green"]
+    old = f"{ROOT}/releases/{REL_OLD}"
+    up = _step(plan, "start blue").actions[1].argv
+    assert up[:4] == ("docker", "compose", "-p", "example-blue") and f"{old}/compose.deploy.yml" in up
+    assert "up" in up and "--force-recreate" not in up
+    assert _step(plan, "start blue").undo[0].argv[-4:] == ("stop", "-t", "5", "web")
+    every = [a for argv in _argvs(plan) for a in argv]
+    assert "pull" not in every and "migrate" not in every and "run" not in every
+    switch = _step(plan, "switch to blue")
+    assert switch.actions[0].argv == ("ln", "-sfn", "blue/web.sock", f"{ROOT}/run/web.sock.new")
+    assert switch.undo[0].argv == ("ln", "-sfn", "green/web.sock", f"{ROOT}/run/web.sock.new")
+    assert switch.undo[2].argv == ("ln", "-sfn", f"../releases/{REL_OLD}", f"{ROOT}/state/blue.new")
+    drain = _step(plan, "drain green").actions[1].argv
+    assert drain[:4] == ("docker", "compose", "-p", "example-green") and f"{ROOT}/releases/{REL_NEW}/compose.env" in drain
+
+
+# --- releases -------------------------------------------------------------------------------
+
+def _rel(i: int) -> str:
+    return f"202401{i:02d}T000000Z-{i:07x}"
+
+
+def test_to_delete_keeps_the_newest():
+    state = HostState(releases=tuple(_rel(i) for i in range(1, 9)))
+    assert releases.to_delete(state, 5) == [_rel(1), _rel(2), _rel(3)]
+    assert releases.to_delete(state, 8) == []
+
+
+def test_to_delete_counts_the_new_release_and_never_deletes_it():
+    state = HostState(releases=tuple(_rel(i) for i in range(1, 6)))
+    new = _rel(20)
+    doomed = releases.to_delete(state, 3, keep=(new,))
+    assert doomed == [_rel(1), _rel(2), _rel(3)]
+    # even an oddly named new release (sorting first) is kept
+    assert "0000-new" not in releases.to_delete(state, 2, keep=("0000-new",))
+
+
+def test_to_delete_never_removes_what_serves_or_rolls_back():
+    rels = tuple(_rel(i) for i in range(1, 11))
+    state = HostState(colours={"blue": rels[0], "green": rels[1]}, live="blue", current=rels[2], releases=rels)
+    doomed = releases.to_delete(state, 2, keep=(_rel(11),))
+    assert rels[0] not in doomed and rels[1] not in doomed and rels[2] not in doomed
+    assert doomed == list(rels[3:9])  # rels[9] and the new one are the newest 2
+
+
+def test_release_name_and_sha():
+    from deploytasks.facts import release_sha
+
+    assert releases.name("abc1234", now=0) == "19700101T000000Z-abc1234"
+    assert release_sha("19700101T000000Z-abc1234") == "abc1234"
+    assert release_sha(None) is None
+
+
+def test_check_sha():
+    from deploytasks.errors import ConfigError
+    from deploytasks.operations import check_sha
+
+    assert check_sha(" ABCDEF1 ") == "abcdef1"
+    for bad in ("", "abc", "xyz1234", "a" * 41, "abc1234; id"):
+        with pytest.raises(ConfigError, match="not a git SHA"):
+            check_sha(bad)

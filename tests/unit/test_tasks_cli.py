@@ -1,0 +1,174 @@
+"""The tasks as users call them: bad input ends as one message and exit 1, before any connection."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+
+import fabric
+import pytest
+from conftest import GOOD_ENV, REPO, make_root
+from invoke import Context, Exit
+
+import tasks
+from deploytasks import connection, operations, registry
+
+BAD_ENV = """\
+APP_NAME=shop
+SSH_PORT=99999
+STATELESS_SERVICES=web,worker
+IMAGE_WEB=ghcr.io/acme/web:latest
+DEPLOY_PATH=/srv/shop; rm -rf /
+COLOUR=blue
+"""
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to reach a host or a registry fails the test."""
+    calls = []
+
+    def forbidden(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError(f"a connection was attempted: {args!r}")
+
+    monkeypatch.setattr(connection, "connect", forbidden)
+    monkeypatch.setattr(operations, "connect", forbidden)
+    monkeypatch.setattr(connection, "Connection", forbidden)
+    monkeypatch.setattr(fabric, "Connection", forbidden)
+    monkeypatch.setattr(registry, "missing", forbidden)
+    monkeypatch.setattr(registry, "exists", forbidden)
+    return calls
+
+
+@pytest.fixture
+def bad_root(tmp_path, monkeypatch):
+    root = make_root(tmp_path, {"bad": BAD_ENV, "good": GOOD_ENV})
+    monkeypatch.setattr(tasks, "ROOT", root)
+    return root
+
+
+def _exit_of(call) -> Exit:
+    with pytest.raises(Exit) as caught:
+        call()
+    return caught.value
+
+
+@pytest.mark.parametrize("call", [
+    lambda: tasks.deploy(Context(), "abc1234", env="bad"),
+    lambda: tasks.deploy(Context(), "abc1234", env="bad", dry_run=True),
+    lambda: tasks.status(Context(), env="bad"),
+    lambda: tasks.rollback(Context(), env="bad"),
+], ids=["deploy", "deploy-dry-run", "status", "rollback"])
+def test_bad_config_exits_1_naming_every_problem_without_connecting(no_network, bad_root, call):
+    exit_ = _exit_of(call)
+    assert exit_.code == 1
+    message = str(exit_.message)
+    assert message.startswith("error: envs/bad.env: ")
+    for key in ("HOSTS", "SSH_PORT", "STATELESS_SERVICES", "IMAGE_WEB", "IMAGE_WORKER", "DEPLOY_PATH", "COLOUR"):
+        assert re.search(rf"^  - {key}: ", message, re.M), (key, message)
+    assert no_network == []
+
+
+def test_deploy_env_selects_the_bad_file_too(no_network, bad_root, monkeypatch):
+    monkeypatch.setenv("DEPLOY_ENV", "bad")
+    exit_ = _exit_of(lambda: tasks.deploy(Context(), "abc1234"))
+    assert exit_.code == 1 and "SSH_PORT: 99999 is out of range" in exit_.message
+    assert no_network == []
+
+
+def test_no_environment_selected(no_network, bad_root):
+    exit_ = _exit_of(lambda: tasks.status(Context()))
+    assert exit_.code == 1 and "no environment selected" in exit_.message
+
+
+def test_unknown_environment(no_network, bad_root):
+    exit_ = _exit_of(lambda: tasks.deploy(Context(), "abc1234", env="prod"))
+    assert exit_.code == 1 and "expected one of bad, good" in exit_.message
+
+
+def test_bad_sha_with_a_good_config_stops_before_the_registry(no_network, bad_root):
+    exit_ = _exit_of(lambda: tasks.deploy(Context(), "not-a-sha", env="good"))
+    assert exit_.code == 1 and "is not a git SHA" in exit_.message
+    exit_ = _exit_of(lambda: tasks.rollback(Context(), to="xyz", env="good"))
+    assert exit_.code == 1 and "is not a git SHA" in exit_.message
+    assert no_network == []
+
+
+def test_missing_image_stops_before_connecting(bad_root, monkeypatch):
+    called = []
+    monkeypatch.setattr(registry, "missing", lambda images, tag: [f"{images['web']}:{tag}"])
+    monkeypatch.setattr(operations, "connect", lambda *a, **k: called.append(a))
+    exit_ = _exit_of(lambda: tasks.deploy(Context(), "abc1234", env="good"))
+    assert exit_.code == 1
+    assert "not in the registry; nothing was changed" in exit_.message
+    assert "ghcr.io/acme/shop-web:abc1234" in exit_.message
+    assert called == []
+
+
+def test_fab_host_outside_the_environment(no_network, bad_root):
+    class HostContext(Context):
+        host = "elsewhere.example.com"
+
+    exit_ = _exit_of(lambda: tasks.status(HostContext(), env="good"))
+    assert exit_.code == 1 and "'elsewhere.example.com' is not in HOSTS of environment 'good'" in exit_.message
+
+
+def test_fab_host_selects_its_environment(bad_root):
+    class HostContext(Context):
+        host = "10.0.0.5"
+
+    target = tasks._target(HostContext(), None)
+    assert target.config.env == "good" and target.hosts == ("10.0.0.5",)
+    assert tasks._target(Context(), "good").hosts == ("app1.example.com", "10.0.0.5")
+
+
+def test_unbuilt_tasks_say_so():
+    for task, name in ((tasks.maintenance_on, "maintenance-on"), (tasks.maintenance_off, "maintenance-off")):
+        exit_ = _exit_of(lambda: task(Context()))
+        assert exit_.code == 1 and f"`{name}` is not built yet" in exit_.message
+
+
+@pytest.mark.parametrize("name", ["demo", "bench"])
+@pytest.mark.xfail(condition=importlib.util.find_spec("deploytasks.demo") is None
+                   or importlib.util.find_spec("deploytasks.bench") is None,
+                   reason="BUG: `inv demo` / `inv bench` import deploytasks.demo / deploytasks.bench, which do not "
+                          "exist: a ModuleNotFoundError traceback instead of one clear message", strict=True)
+def test_listed_tasks_fail_cleanly_when_their_module_is_missing(name, monkeypatch):
+    if importlib.util.find_spec(f"deploytasks.{name}") is not None:
+        pytest.skip(f"deploytasks.{name} exists; running it needs the testbed")
+    task = getattr(tasks, name)
+    args = (Context(),) if name == "demo" else (Context(), None)
+    exit_ = _exit_of(lambda: task(*args))
+    assert exit_.code == 1
+
+
+# --- the same tasks from inv and fab ---------------------------------------------------------------
+
+def _task_names(collection: dict, prefix: str = "") -> list[str]:
+    names = [prefix + t["name"] for t in collection["tasks"]]
+    for sub in collection["collections"]:
+        names += _task_names(sub, f"{prefix}{sub['name']}.")
+    return names
+
+
+def test_inv_and_fab_list_the_same_tasks():
+    exes = {tool: shutil.which(tool) for tool in ("inv", "fab")}
+    if not all(exes.values()):
+        pytest.skip(f"not installed: {[t for t, e in exes.items() if not e]}")
+    runs = {(tool, fmt): subprocess.Popen([exe, "--list", *(["--list-format", "json"] if fmt == "json" else [])],
+                                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for tool, exe in exes.items() for fmt in ("json", "text")}
+    out = {}
+    for key, proc in runs.items():
+        stdout, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, (key, stderr)
+        out[key] = stdout
+    inv_names = sorted(_task_names(json.loads(out["inv", "json"])))
+    fab_names = sorted(_task_names(json.loads(out["fab", "json"])))
+    assert inv_names == fab_names
+    assert {"deploy", "rollback", "status", "maintenance-on", "maintenance-off", "test", "demo", "bench",
+            "testbed.up", "testbed.down", "testbed.status"} <= set(inv_names)
+    assert out["inv", "text"] == out["fab", "text"]  # the plain listing is identical too
