@@ -50,12 +50,14 @@ COMMON_HELP = {
 
 
 @task(help={"sha": "git SHA whose images to deploy (7-40 hex)", "no-migrate": "skip the migration step",
+            "maintenance": "switch inside a short maintenance window (migrations the old version cannot run beside)",
             **COMMON_HELP})
 @friendly
-def deploy(c, sha, env=None, dry_run=False, no_migrate=False, force_unlock=False, accept_new_host_key=False):
+def deploy(c, sha, env=None, dry_run=False, no_migrate=False, maintenance=False, force_unlock=False,
+           accept_new_host_key=False):
     """Deploy the images of a SHA blue/green with zero downtime."""
     operations.deploy(_target(c, env, accept_new_host_key), sha, dry_run=dry_run, migrate=not no_migrate,
-                      force_unlock=force_unlock)
+                      force_unlock=force_unlock, window=maintenance)
 
 
 @task(help={"to": "redeploy this earlier SHA from history instead of the previous colour",
@@ -74,20 +76,21 @@ def status(c, env=None, accept_new_host_key=False):
     operations.status(_target(c, env, accept_new_host_key))
 
 
-def _not_built(name: str, issue: int):
-    raise Exit(f"error: `{name}` is not built yet (issue {issue}); nothing was done", code=1)
+MAINTENANCE_HELP = {k: COMMON_HELP[k] for k in ("env", "dry-run", "force-unlock", "accept-new-host-key")}
 
 
-@task(help={"env": COMMON_HELP["env"]})
-def maintenance_on(c, env=None):
+@task(help=MAINTENANCE_HELP)
+@friendly
+def maintenance_on(c, env=None, dry_run=False, force_unlock=False, accept_new_host_key=False):
     """Serve the maintenance page (503 + Retry-After) to everyone but the allowlist."""
-    _not_built("maintenance-on", 4)
+    operations.set_maintenance(_target(c, env, accept_new_host_key), True, dry_run=dry_run, force_unlock=force_unlock)
 
 
-@task(help={"env": COMMON_HELP["env"]})
-def maintenance_off(c, env=None):
+@task(help=MAINTENANCE_HELP)
+@friendly
+def maintenance_off(c, env=None, dry_run=False, force_unlock=False, accept_new_host_key=False):
     """Stop serving the maintenance page."""
-    _not_built("maintenance-off", 4)
+    operations.set_maintenance(_target(c, env, accept_new_host_key), False, dry_run=dry_run, force_unlock=force_unlock)
 
 
 @task(help={"unit": "only the unit tests (no testbed needed)", "k": "pytest -k expression"})

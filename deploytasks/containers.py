@@ -1,43 +1,77 @@
 """Plans for container releases: deploy a SHA beside the live colour, or roll back to the other.
 
-    prepare -> upload -> pull -> networks -> stateful -> migrate -> start colour -> ready
-            -> nginx site -> switch -> check through nginx -> drain old -> cleanup
+    prepare -> upload -> pull -> networks -> stateful -> nginx site -> migrate -> start colour
+            -> ready -> switch -> check through nginx -> drain old -> cleanup
 
 Everything before the switch happens beside the live colour, which keeps serving; a failure
 anywhere stops the new colour and, past the switch, swaps traffic back.
+
+With `maintenance` (migrations the old version cannot run beside), the new colour boots
+before the window, and the window covers only: stop old, migrate, ready, switch.
 """
 from __future__ import annotations
 
 import json
 import posixpath
 
-from . import compose, nginx, traffic
+from . import compose, maintenance, nginx, traffic
 from .config import Config
 from .errors import DeployError
 from .facts import HostState, release_sha
 from .layout import Layout, other
-from .plan import Cmd, Plan, Put, Step, cmd, sh
+from .plan import Cmd, Plan, Put, Step, cmd
 from .releases import cleanup_step, prepare_step
 
 
+class _Colour:
+    """Compose commands for one colour of one release."""
+
+    def __init__(self, config: Config, colour: str, release: str, project: str | None = None):
+        self.config, self.colour, self.release = config, colour, release
+        self.dir = Layout.of(config).release(release)
+        self.project = project or compose.project(config, colour)
+
+    def __call__(self, *args: str, stream: bool = False) -> Cmd:
+        return Cmd(compose.command(self.config, self.dir, self.project, *args), stream=stream)
+
+    def diagnostics(self) -> tuple[Cmd, ...]:
+        return self("ps", "-a"), self("logs", "--no-color", "--tail", "30", *self.config.stateless)
+
+    def start(self, *, recreate: bool) -> Step:
+        """Bring the colour up and wait for its containers' health checks; undo removes what a
+        deploy created, or stops again what a rollback started."""
+        services = self.config.stateless
+        flags = ("--force-recreate",) if recreate else ()
+        undo = self("rm", "-f", "-s", *services) if recreate else self("stop", "-t", "5", *services)
+        return Step(
+            f"start {self.colour}",
+            (cmd("rm", "-f", Layout.of(self.config).socket(self.colour)),
+             self("up", "-d", "--no-deps", *flags, "--wait", "--wait-timeout",
+                  str(int(self.config.health_timeout)), *services)),
+            undo=(undo,),
+            diagnose=self.diagnostics(),
+        )
+
+    def ready(self) -> Step:
+        return traffic.readiness(self.config, self.colour, diagnose=self.diagnostics())
+
+    def stop(self) -> Cmd:
+        return self("stop", "-t", str(int(self.config.drain_timeout) + 5), *self.config.stateless)
+
+
 def deploy(config: Config, state: HostState, sha: str, release: str, *, migrate: bool = True,
-           kind: str = "deploy", maintenance: bool = False) -> Plan:
+           kind: str = "deploy", window: bool = False) -> Plan:
     layout = Layout.of(config)
     live = state.live
-    colour = other(live)
-    release_dir = layout.release(release)
+    new = _Colour(config, other(live), release)
+    old = _Colour(config, live, state.release_of(live)) if live and state.release_of(live) else None
     model = compose.model(config)
-
-    def new(*args: str) -> Cmd:
-        return Cmd(compose.command(config, release_dir, compose.project(config, colour), *args))
-
-    def shared(*args: str) -> Cmd:
-        return Cmd(compose.command(config, release_dir, compose.project(config), *args))
+    shared = _Colour(config, "shared", release, project=compose.project(config))
 
     steps = [
-        prepare_step(layout, release_dir),
-        _upload_step(_uploads(config, model, layout, release_dir, sha, colour)),
-        Step("pull images", (Cmd(new("pull", *config.stateless).argv, stream=True),)),
+        prepare_step(layout, new.dir),
+        _upload_step(_uploads(config, model, layout, new.dir, sha, new.colour)),
+        Step("pull images", (new("pull", *config.stateless, stream=True),)),
         Step("networks", tuple(
             cmd("docker", "network", "create", name, unless=("docker", "network", "inspect", name))
             for name in compose.shared_networks(config, model).values()
@@ -45,21 +79,26 @@ def deploy(config: Config, state: HostState, sha: str, release: str, *, migrate:
     ]
     if config.stateful:
         steps.append(Step("stateful services", (shared("up", "-d", "--no-recreate", *config.stateful),)))
-    if migrate and config.migrate_command:
-        steps.append(Step("migrate", (
-            Cmd(new("run", "--rm", "--no-deps", "-T", config.web_service, *config.migrate_command).argv, stream=True),
-        )))
-    steps += _bring_up(config, state, colour, release, release_dir, recreate=True)
-    steps.append(nginx.install_step(config, f"{release_dir}/nginx/site.conf"))
-    steps += _switch_over(config, state, colour, release, sha)
+    steps.append(nginx.install_step(config, f"{new.dir}/nginx/site.conf"))
+    migration = [Step("migrate", (new("run", "--rm", "--no-deps", "-T", config.web_service,
+                                      *config.migrate_command, stream=True),))] if migrate and config.migrate_command else []
+    if window:
+        steps.append(new.start(recreate=True))  # boots outside the window; ready only after the migration
+        steps.append(maintenance.window_on_step(config, live))
+        if old:
+            steps.append(Step(f"stop {old.colour}", (old.stop(),), undo=(old("up", "-d", "--no-deps", "--wait", *config.stateless),)))
+        steps += [*migration, new.ready(), _switch(config, state, new, sha), maintenance.off_step(config),
+                  traffic.verify(config, sha)]
+    else:
+        steps += [*migration, new.start(recreate=True), new.ready(), *_switch_over(config, state, new, old, sha)]
     steps.append(cleanup_step(layout, state, config.keep_releases, keep=(release,)))
-    return Plan(kind, sha, tuple(steps), {"colour": colour, "release": release, "previous": release_sha(state.release_of(live))})
+    return Plan(kind, sha, tuple(steps), {"colour": new.colour, "release": release,
+                                          "previous": release_sha(state.release_of(live)), "window": window})
 
 
 def rollback(config: Config, state: HostState) -> Plan:
     """Back to the colour that served before: its containers are stopped, not gone, so this is
     a start, a gate and a switch, with no pull and no migration."""
-    layout = Layout.of(config)
     if not state.live:
         raise DeployError("nothing is deployed on this host: nothing to roll back")
     colour = other(state.live)
@@ -67,41 +106,22 @@ def rollback(config: Config, state: HostState) -> Plan:
     if not release or release not in state.releases:
         raise DeployError(f"no previous release on the {colour} side to roll back to; use rollback --to SHA")
     sha = release_sha(release)
-    steps = _bring_up(config, state, colour, release, layout.release(release), recreate=False)
-    steps += _switch_over(config, state, colour, release, sha)
-    return Plan("rollback", sha, tuple(steps), {"colour": colour, "release": release, "previous": release_sha(state.release_of(state.live))})
+    target = _Colour(config, colour, release)
+    old = _Colour(config, state.live, state.release_of(state.live))
+    steps = [target.start(recreate=False), target.ready(), *_switch_over(config, state, target, old, sha)]
+    return Plan("rollback", sha, tuple(steps), {"colour": colour, "release": release,
+                                                "previous": release_sha(state.release_of(state.live))})
 
 
-def _bring_up(config, state, colour, release, release_dir, *, recreate: bool) -> list[Step]:
-    project = compose.project(config, colour)
-
-    def new(*args: str) -> tuple[str, ...]:
-        return compose.command(config, release_dir, project, *args)
-
-    logs = (Cmd(new("ps", "-a")), Cmd(new("logs", "--no-color", "--tail", "30", *config.stateless)))
-    recreate_flags = ("--force-recreate",) if recreate else ()
-    start = Step(
-        f"start {colour}",
-        (
-            cmd("rm", "-f", Layout.of(config).socket(colour)),
-            Cmd(new("up", "-d", "--no-deps", *recreate_flags, "--wait", "--wait-timeout",
-                    str(int(config.health_timeout)), *config.stateless)),
-        ),
-        undo=(Cmd(new("stop", "-t", "5", *config.stateless)),) if not recreate else (Cmd(new("rm", "-f", "-s", *config.stateless)),),
-        diagnose=logs,
-    )
-    return [start, traffic.readiness(config, colour, diagnose=logs)]
+def _switch(config: Config, state: HostState, new: _Colour, sha: str) -> Step:
+    previous = {"live": state.live, "colour": state.release_of(new.colour), "current": state.current}
+    return traffic.switch(config, new.colour, new.release, previous)
 
 
-def _switch_over(config, state: HostState, colour: str, release: str, sha: str) -> list[Step]:
-    previous = {"live": state.live, "colour": state.release_of(colour), "current": state.current}
-    steps = [traffic.switch(config, colour, release, previous), traffic.verify(config, sha)]
-    old_release = state.release_of(state.live)
-    if state.live and old_release:
-        old_dir = Layout.of(config).release(old_release)
-        stop = Cmd(compose.command(config, old_dir, compose.project(config, state.live), "stop", "-t",
-                                   str(int(config.drain_timeout) + 5), *config.stateless))
-        steps.append(traffic.drain(state.live, (stop,)))
+def _switch_over(config, state: HostState, new: _Colour, old: _Colour | None, sha: str) -> list[Step]:
+    steps = [_switch(config, state, new, sha), traffic.verify(config, sha)]
+    if old:
+        steps.append(traffic.drain(old.colour, (old.stop(),)))
     return steps
 
 
@@ -116,7 +136,6 @@ def _uploads(config, model, layout, release_dir, sha, colour) -> tuple[Put, ...]
         Put(f"{release_dir}/{compose.OVERLAY}", compose.overlay(config, model, layout, release_dir, sha, colour).encode()),
         Put(f"{release_dir}/{compose.INTERPOLATION_ENV}", compose.interpolation_env(config, sha, colour).encode()),
         Put(f"{release_dir}/{compose.APP_ENV}", compose.app_env(config.app_env).encode(), mode=0o600, secret=True),
-        Put(f"{release_dir}/nginx/site.conf", nginx.site(config).encode()),
         Put(f"{release_dir}/RELEASE.json", (json.dumps({"sha": sha, "colour": colour, "env": config.env}) + "\n").encode()),
     ]
     return tuple(files)

@@ -22,7 +22,10 @@ class ConnectError(DeployError):
 
 
 class StepFailed(DeployError):
-    """A remote step failed; the old version is still serving."""
+    """A remote step failed; the old version is still serving. `completed`: the steps that had
+    finished (and were undone) before it."""
+
+    completed: list[str] = []
 
 
 class LockHeld(DeployError):

@@ -99,6 +99,7 @@ def execute(remote: Remote, plan: Plan) -> Outcome:
             if not isinstance(failure, Interrupted):
                 _diagnose(remote, step)
             _undo(remote, done + [step])
+            failure.completed = [s.name for s in done]
             raise
         seconds = time.monotonic() - started
         outcome.steps.append((step.name, seconds))

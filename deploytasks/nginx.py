@@ -66,7 +66,7 @@ nginx -s reload -c "$conf" && echo "site installed, nginx reloaded"
 
 
 def install_step(config: Config, rendered_path: str) -> Step:
-    """Install the site rendered into the release, unless the installed one is identical.
+    """Render the site to `rendered_path` and install it, unless the installed one is identical.
 
     The site does not name a colour, so it changes only with the configuration: most deploys
     skip the reload (and the keep-alive resets every reload causes)."""
@@ -75,6 +75,7 @@ def install_step(config: Config, rendered_path: str) -> Step:
         "nginx site",
         (
             Put(f"{layout.nginx_dir}/maintenance.html", (config.root / MAINTENANCE_PAGE).read_bytes()),
+            Put(rendered_path, site(config).encode()),
             cmd(*sh(_INSTALL, rendered_path, site_path(config),
                     f"{config.nginx_site_dir}/.{config.app_name}.conf.previous", config.nginx_conf)),
         ),

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import containers, history, lock, registry, releases
+from . import containers, history, lock, maintenance, registry, releases
 from .config import Config
 from .connection import connect
 from .console import Console
@@ -72,8 +72,9 @@ def locked(remote: Remote, layout: Layout, task: str, sha: str | None, force_unl
 
 
 def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = True, force_unlock: bool = False,
-           kind: str = "deploy", echo: Callable[[str], None] = print) -> dict[str, str]:
-    """Deploy `sha` to every host of the target; returns host -> SHA now serving."""
+           kind: str = "deploy", window: bool = False, echo: Callable[[str], None] = print) -> dict[str, str]:
+    """Deploy `sha` to every host of the target; returns host -> SHA now serving. `window`:
+    switch inside a maintenance window (for migrations the old version cannot run beside)."""
     sha = check_sha(sha)
     config = target.config
     missing = registry.missing(config.images, sha)
@@ -81,7 +82,7 @@ def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = T
         raise ConfigError(f"image(s) for {sha} not in the registry; nothing was changed", missing)
 
     def plan_for(state: HostState) -> Plan:
-        return containers.deploy(config, state, sha, releases.name(sha), migrate=migrate, kind=kind)
+        return containers.deploy(config, state, sha, releases.name(sha), migrate=migrate, kind=kind, window=window)
 
     return _each_host(target, kind, sha, plan_for, dry_run=dry_run, force_unlock=force_unlock, echo=echo)
 
@@ -96,6 +97,14 @@ def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dr
                       kind="rollback", echo=echo)
     return _each_host(target, "rollback", None, lambda state: containers.rollback(target.config, state),
                       dry_run=dry_run, force_unlock=force_unlock, echo=echo)
+
+
+def set_maintenance(target: Target, on: bool, *, dry_run: bool = False, force_unlock: bool = False,
+                    echo: Callable[[str], None] = print) -> None:
+    """maintenance-on / maintenance-off on every host; takes the deploy lock so it cannot race a deploy."""
+    kind = "maintenance-on" if on else "maintenance-off"
+    _each_host(target, kind, None, lambda state: maintenance.toggle(target.config, on),
+               dry_run=dry_run, force_unlock=force_unlock, echo=echo)
 
 
 def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[HostState], Plan], *,
@@ -117,7 +126,7 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
                                       "use deploy --sha to ship it")
                 plan = plan_for(state)
                 serving[host] = _run_and_record(remote, layout, plan, owner)
-    if not dry_run:
+    if not dry_run and any(serving.values()):
         echo("summary: " + ", ".join(f"{host} serves {sha}" for host, sha in serving.items()))
     return serving
 
@@ -125,16 +134,24 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
 def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> str:
     started = time.time()
     colour = plan.summary.get("colour")
-    remote.console(f"{plan.kind} {plan.sha} -> {colour} (was {plan.summary.get('previous') or 'nothing'})")
+    if plan.sha:
+        remote.console(f"{plan.kind} {plan.sha} -> {colour} (was {plan.summary.get('previous') or 'nothing'})")
     try:
         outcome = execute(remote, plan)
-    except StepFailed:
+    except StepFailed as failure:
         remote.run(history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, owner, "failed", started, [])))
+        if plan.summary.get("window") and "migrate" in failure.completed:
+            failure.details.append("the migration had already run: the previous version was started again on the "
+                                   "new schema; see `status` for whether maintenance mode is still on")
         raise
+    window = maintenance.window_seconds(outcome.steps)
     record = history.entry(plan.kind, plan.sha, colour, owner, "ok", started, outcome.steps,
-                           warnings=outcome.warnings)
+                           warnings=outcome.warnings, **({"window_s": window} if window is not None else {}))
     remote.run(history.append_argv(layout, record))
-    remote.console(f"done: {plan.sha} serves from {colour} ({record['duration_s']}s)")
+    if window is not None:
+        remote.console(f"maintenance window: {window:.2f}s")
+    remote.console(f"done: {plan.sha} serves from {colour} ({record['duration_s']}s)" if plan.sha
+                   else f"done: {plan.kind} ({record['duration_s']}s)")
     return plan.sha
 
 

@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import REL_NEW, REL_OLD, SHA_NEW, SHA_OLD

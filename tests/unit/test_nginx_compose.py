@@ -78,9 +78,11 @@ def test_site_without_allowlist(local_config):
 
 def test_install_step_validates_before_reload(local_config):
     step = nginx.install_step(local_config, "/srv/example/releases/r1/nginx/site.conf")
-    put, install = step.actions
+    put, rendered, install = step.actions
     assert put.path == "/srv/example/nginx/maintenance.html"
     assert put.content == (REPO / "nginx" / "maintenance.html").read_bytes()
+    assert rendered.path == "/srv/example/releases/r1/nginx/site.conf"
+    assert rendered.content.decode() == nginx.site(local_config)
     assert install.argv[:2] == ("sh", "-c") and install.argv[3:] == (
         "sh", "/srv/example/releases/r1/nginx/site.conf", "/var/lib/deploytasks-testbed/nginx/conf.d/example.conf",
         "/var/lib/deploytasks-testbed/nginx/conf.d/.example.conf.previous",

@@ -64,9 +64,9 @@ def hostile_config(local_raw):
 def test_first_deploy_starts_blue_without_drain(local_config, first_state):
     plan = containers.deploy(local_config, first_state, SHA_NEW, REL_NEW)
     assert plan.kind == "deploy" and plan.sha == SHA_NEW
-    assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None}
-    assert _names(plan) == ["prepare", "upload release", "pull images", "networks", "stateful services", "migrate",
-                            "start blue", "ready: blue", "nginx site", "switch to blue", "check through nginx",
+    assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None, "window": False}
+    assert _names(plan) == ["prepare", "upload release", "pull images", "networks", "stateful services", "nginx site",
+                            "migrate", "start blue", "ready: blue", "switch to blue", "check through nginx",
                             "cleanup (0 old release(s))"]
     assert not any(s.name.startswith("drain") for s in plan.steps)
     switch = _step(plan, "switch to blue")
@@ -82,10 +82,10 @@ def test_first_deploy_starts_blue_without_drain(local_config, first_state):
 
 def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_live_state):
     plan = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
-    assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": SHA_OLD}
+    assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": SHA_OLD, "window": False}
     names = _names(plan)
-    assert names == ["prepare", "upload release", "pull images", "networks", "stateful services", "migrate",
-                     "start green", "ready: green", "nginx site", "switch to green", "check through nginx",
+    assert names == ["prepare", "upload release", "pull images", "networks", "stateful services", "nginx site",
+                     "migrate", "start green", "ready: green", "switch to green", "check through nginx",
                      "drain blue", "cleanup (0 old release(s))"]
     # everything before the switch happens beside the live colour
     assert names.index("ready: green") < names.index("switch to green") < names.index("drain blue")
@@ -152,8 +152,8 @@ def test_uploads_are_inside_the_release_and_app_env_is_secret(local_config, firs
     assert all(isinstance(p, Put) for p in puts)
     paths = {p.path: p for p in puts}
     assert set(paths) == {f"{new}/compose/compose.yml", f"{new}/compose.deploy.yml", f"{new}/compose.env",
-                          f"{new}/app.env", f"{new}/nginx/site.conf", f"{new}/RELEASE.json"}
-    assert mkdir.argv == ("mkdir", "-p", new, f"{new}/compose", f"{new}/nginx")
+                          f"{new}/app.env", f"{new}/RELEASE.json"}
+    assert mkdir.argv == ("mkdir", "-p", new, f"{new}/compose")
     app_env = paths[f"{new}/app.env"]
     assert app_env.secret and app_env.mode == 0o600
     assert b"local-testbed-not-a-secret" in app_env.content

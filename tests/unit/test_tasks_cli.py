@@ -1,7 +1,6 @@
 """The tasks as users call them: bad input ends as one message and exit 1, before any connection."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -123,26 +122,6 @@ def test_fab_host_selects_its_environment(bad_root):
     target = tasks._target(HostContext(), None)
     assert target.config.env == "good" and target.hosts == ("10.0.0.5",)
     assert tasks._target(Context(), "good").hosts == ("app1.example.com", "10.0.0.5")
-
-
-def test_unbuilt_tasks_say_so():
-    for task, name in ((tasks.maintenance_on, "maintenance-on"), (tasks.maintenance_off, "maintenance-off")):
-        exit_ = _exit_of(lambda: task(Context()))
-        assert exit_.code == 1 and f"`{name}` is not built yet" in exit_.message
-
-
-@pytest.mark.parametrize("name", ["demo", "bench"])
-@pytest.mark.xfail(condition=importlib.util.find_spec("deploytasks.demo") is None
-                   or importlib.util.find_spec("deploytasks.bench") is None,
-                   reason="BUG: `inv demo` / `inv bench` import deploytasks.demo / deploytasks.bench, which do not "
-                          "exist: a ModuleNotFoundError traceback instead of one clear message", strict=True)
-def test_listed_tasks_fail_cleanly_when_their_module_is_missing(name, monkeypatch):
-    if importlib.util.find_spec(f"deploytasks.{name}") is not None:
-        pytest.skip(f"deploytasks.{name} exists; running it needs the testbed")
-    task = getattr(tasks, name)
-    args = (Context(),) if name == "demo" else (Context(), None)
-    exit_ = _exit_of(lambda: task(*args))
-    assert exit_.code == 1
 
 
 # --- the same tasks from inv and fab ---------------------------------------------------------------
