@@ -29,6 +29,7 @@ class Scenario:
     action: Callable[[operations.Target], None]
     new_version: str | None  # the SHA clients should see from the switch on
     before: Callable[[operations.Target], None] | None = None  # setup, not measured
+    window: bool = False  # a maintenance window: its 503 page (with Retry-After) is not a failure
 
 
 def serve(name: str) -> Callable[[operations.Target], None]:
@@ -44,6 +45,10 @@ def serve(name: str) -> Callable[[operations.Target], None]:
 
 def deploy(name: str) -> Callable[[operations.Target], None]:
     return lambda target: operations.deploy(target, testbed.example_sha(name))
+
+
+def deploy_in_window(name: str) -> Callable[[operations.Target], None]:
+    return lambda target: operations.deploy(target, testbed.example_sha(name), window=True)
 
 
 def rollback(target: operations.Target) -> None:
@@ -70,6 +75,9 @@ def container_scenarios() -> list[Scenario]:
         Scenario("container deploy v2->v3", deploy("v3"), v3, before=serve("v2")),
         Scenario("container rollback v3->v2", rollback, v2, before=serve("v3")),
         Scenario("container baseline: compose up -d recreate", compose_recreate, None),
+        # last: its migration is not backward compatible, so no earlier version is ready after it
+        Scenario("container maintenance deploy v2->v4 (breaking migration)", deploy_in_window("v4-breaking"),
+                 testbed.example_sha("v4-breaking"), before=serve("v2"), window=True),
     ]
 
 
@@ -82,8 +90,8 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
         started = time.monotonic()
         scenario.action(target)
         deploy_s = time.monotonic() - started
-    summary = summarize(load.samples, scenario.new_version)
-    return {
+    summary = summarize(load.samples, scenario.new_version, maintenance_ok=scenario.window)
+    row = {
         "scenario": scenario.name,
         "requests": summary.requests,
         "failed": summary.failed,
@@ -93,13 +101,20 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
         "errors": summary.errors,
         "clients": clients,
     }
+    if scenario.window:
+        steps = _last_record(target).get("steps", {})
+        row.update(window_s=summary.window_s, migration_s=steps.get("migrate"),
+                   maintenance_pages=sum(1 for s in load.samples if s.status == 503))
+    return row
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'scenario':46} {'requests':>8} {'failed':>7} {'max_gap_s':>9} {'regress':>7} {'deploy_s':>8}"]
+    lines = [f"{'scenario':58} {'requests':>8} {'failed':>7} {'max_gap_s':>9} {'regress':>7} {'deploy_s':>8}"
+             f" {'window_s':>8}"]
     for row in rows:
-        lines.append(f"{row['scenario']:46} {row['requests']:>8} {row['failed']:>7} {row['max_gap_s']:>9.3f} "
-                     f"{row['regressions']:>7} {row['deploy_s']:>8.1f}")
+        window = f"{row['window_s']:>8.2f}" if "window_s" in row else f"{'':>8}"
+        lines.append(f"{row['scenario']:58} {row['requests']:>8} {row['failed']:>7} {row['max_gap_s']:>9.3f} "
+                     f"{row['regressions']:>7} {row['deploy_s']:>8.1f} {window}")
     return "\n".join(lines)
 
 
@@ -107,6 +122,7 @@ def run(root: Path, out: str | None = None, scenarios: list[Scenario] | None = N
         rate: float = 500.0, min_requests: int = 5000, echo: Callable[[str], None] = print) -> list[dict]:
     testbed.up(echo=echo)
     config = configuration.load(root, BENCH_ENV)
+    testbed.reset_app(config)  # every run starts from an empty server: same data, same schema
     target = operations.Target(config, config.hosts[:1])
     rows = []
     for scenario in scenarios or container_scenarios():
@@ -119,8 +135,16 @@ def run(root: Path, out: str | None = None, scenarios: list[Scenario] | None = N
     return rows
 
 
-def _serving_sha(target: operations.Target) -> str | None:
-    layout = Layout.of(target.config)
+def _state(target: operations.Target):
     with operations.session(target, target.hosts[0]) as remote:
-        state = operations.read_state(remote, layout)
+        return operations.read_state(remote, Layout.of(target.config))
+
+
+def _serving_sha(target: operations.Target) -> str | None:
+    state = _state(target)
     return release_sha(state.release_of(state.live))
+
+
+def _last_record(target: operations.Target) -> dict:
+    history = _state(target).history
+    return history[-1] if history else {}

@@ -32,7 +32,7 @@ def site(config: Config) -> str:
     return render(template, {
         "app": config.app_name,
         "env": config.env,
-        "var": config.app_name.replace("-", "_"),
+        "var": _variable_prefix(config),
         "live_socket": layout.live_socket,
         "allow": "".join(f"    {cidr} 1;\n" for cidr in config.maintenance_allow).rstrip("\n"),
         "listen": config.nginx_listen,
@@ -40,9 +40,19 @@ def site(config: Config) -> str:
         "health_path": config.health_path,
         "ready_path": config.ready_path,
         "maintenance_flag": layout.maintenance_flag,
-        "nginx_dir": layout.nginx_dir,
         "retry_after": RETRY_AFTER_SECONDS,
+        "maintenance_page": _nginx_string((config.root / MAINTENANCE_PAGE).read_text(), config),
     })
+
+
+def _nginx_string(text: str, config: Config) -> str:
+    """Text for a single-quoted nginx string: quotes and backslashes escaped, `$` literal."""
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'")
+    return escaped.replace("$", "${" + _variable_prefix(config) + "_dollar}")
+
+
+def _variable_prefix(config: Config) -> str:
+    return config.app_name.replace("-", "_")
 
 
 def site_path(config: Config) -> str:
@@ -70,11 +80,9 @@ def install_step(config: Config, rendered_path: str) -> Step:
 
     The site does not name a colour, so it changes only with the configuration: most deploys
     skip the reload (and the keep-alive resets every reload causes)."""
-    layout = Layout.of(config)
     return Step(
         "nginx site",
         (
-            Put(f"{layout.nginx_dir}/maintenance.html", (config.root / MAINTENANCE_PAGE).read_bytes()),
             Put(rendered_path, site(config).encode()),
             cmd(*sh(_INSTALL, rendered_path, site_path(config),
                     f"{config.nginx_site_dir}/.{config.app_name}.conf.previous", config.nginx_conf)),

@@ -861,6 +861,21 @@ _CHECKS: list[tuple[str, Callable[[], tuple[bool, str]]]] = [
 ]
 
 
+def reset_app(config) -> None:
+    """Remove every trace of a deployed app from the test server, as if it were a new machine
+    (tests and the benchmark start from here; never point this at a real server)."""
+    for project in (config.app_name, f"{config.app_name}-blue", f"{config.app_name}-green"):
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                             capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+    subprocess.run(["docker", "volume", "rm", "-f", f"{config.app_name}_dbdata"], capture_output=True)
+    subprocess.run(["docker", "network", "rm", f"{config.app_name}_default"], capture_output=True)
+    shutil.rmtree(config.deploy_path, ignore_errors=True)
+    Path(config.nginx_site_dir, f"{config.app_name}.conf").unlink(missing_ok=True)
+    subprocess.run(["nginx", "-s", "reload", "-c", config.nginx_conf], check=True)
+
+
 if __name__ == "__main__":
     try:
         {"up": up, "down": down}.get(sys.argv[1] if len(sys.argv) > 1 else "up", up)()

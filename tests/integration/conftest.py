@@ -9,7 +9,7 @@ import pytest
 from deploytasks import config as configuration
 from deploytasks import testbed
 
-from .support import ROOT, reset_host
+from .support import ROOT
 
 
 def pytest_collection_modifyitems(items):
@@ -31,5 +31,5 @@ def local_config(bed) -> configuration.Config:
 
 @pytest.fixture
 def fresh_host(local_config):
-    reset_host(local_config)
+    testbed.reset_app(local_config)
     return local_config

@@ -56,7 +56,7 @@ def test_site_of_the_local_env(local_config):
     assert "geo $example_maintenance_allow {" in site
     assert "location = /healthz { proxy_pass http://example_web; }" in site
     assert "location = /readyz { proxy_pass http://example_web; }" in site
-    assert "root /srv/example/nginx;" in site
+    assert "return 503 '<!doctype html>" in site, "the maintenance page is inlined for every method"
     assert f"add_header Retry-After {nginx.RETRY_AFTER_SECONDS} always;" in site
 
 
@@ -71,6 +71,16 @@ def test_site_allowlist_and_names_per_config(local_config):
     assert "unix:/opt/shop/run/web.sock" in site and "/opt/shop/state/maintenance" in site
 
 
+def test_maintenance_page_is_quoted_for_nginx(local_config, tmp_path):
+    for part in ("nginx",):
+        (tmp_path / part).mkdir()
+    (tmp_path / "nginx" / "site.conf.template").write_text((REPO / "nginx" / "site.conf.template").read_text())
+    (tmp_path / "nginx" / "maintenance.html").write_text("it's $5 \\ back soon")
+    site = nginx.site(dataclasses.replace(local_config, root=tmp_path))
+    assert "return 503 'it\\'s ${example_dollar}5 \\\\ back soon';" in site
+    assert 'geo $example_dollar {\n    default "$";' in site
+
+
 def test_site_without_allowlist(local_config):
     site = nginx.site(dataclasses.replace(local_config, maintenance_allow=()))
     assert re.search(r"geo \$example_maintenance_allow \{\n    default 0;\n\n\}", site)
@@ -78,9 +88,7 @@ def test_site_without_allowlist(local_config):
 
 def test_install_step_validates_before_reload(local_config):
     step = nginx.install_step(local_config, "/srv/example/releases/r1/nginx/site.conf")
-    put, rendered, install = step.actions
-    assert put.path == "/srv/example/nginx/maintenance.html"
-    assert put.content == (REPO / "nginx" / "maintenance.html").read_bytes()
+    rendered, install = step.actions
     assert rendered.path == "/srv/example/releases/r1/nginx/site.conf"
     assert rendered.content.decode() == nginx.site(local_config)
     assert install.argv[:2] == ("sh", "-c") and install.argv[3:] == (
