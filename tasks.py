@@ -51,13 +51,14 @@ COMMON_HELP = {
 
 @task(help={"sha": "git SHA whose images to deploy (7-40 hex)", "no-migrate": "skip the migration step",
             "maintenance": "switch inside a short maintenance window (migrations the old version cannot run beside)",
+            "fast": "process releases: reuse dependencies and build outputs whose inputs did not change",
             **COMMON_HELP})
 @friendly
-def deploy(c, sha, env=None, dry_run=False, no_migrate=False, maintenance=False, force_unlock=False,
+def deploy(c, sha, env=None, dry_run=False, no_migrate=False, maintenance=False, fast=False, force_unlock=False,
            accept_new_host_key=False):
-    """Deploy the images of a SHA blue/green with zero downtime."""
+    """Deploy a SHA blue/green with zero downtime (container images or process release)."""
     operations.deploy(_target(c, env, accept_new_host_key), sha, dry_run=dry_run, migrate=not no_migrate,
-                      force_unlock=force_unlock, window=maintenance)
+                      force_unlock=force_unlock, window=maintenance, fast=fast)
 
 
 @task(help={"to": "redeploy this earlier SHA from history instead of the previous colour",

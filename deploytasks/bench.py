@@ -3,7 +3,8 @@
 Each scenario runs one action (a deploy, a rollback, or a baseline done the usual way)
 while 8 keep-alive clients send GETs and POSTs through the server's nginx, and reports
 failed requests, the longest gap without a successful answer, and regressions (a client
-answered by the old version after the new one).
+answered by the old version after the new one). Container scenarios use envs/local.env,
+process scenarios envs/local-process.env; every run starts from an empty test server.
 """
 from __future__ import annotations
 
@@ -15,40 +16,52 @@ from typing import Callable
 
 from . import compose
 from . import config as configuration
-from . import operations, testbed
-from .facts import release_sha
+from . import operations, processes, testbed, traffic
+from .executor import Remote, execute
+from .facts import HostState, release_sha
 from .layout import Layout
 from .load import Load, summarize
+from .plan import Plan, Step, cmd
 
-BENCH_ENV = "local"
+CONTAINER_ENV = "local"
+PROCESS_ENV = "local-process"
+
+Action = Callable[[operations.Target], None]
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    action: Callable[[operations.Target], None]
-    new_version: str | None  # the SHA clients should see from the switch on
-    before: Callable[[operations.Target], None] | None = None  # setup, not measured
+    env: str
+    action: Action
+    new_version: str | None  # the version clients should see from the switch on
+    before: Action | None = None  # setup, not measured
     window: bool = False  # a maintenance window: its 503 page (with Retry-After) is not a failure
 
 
-def serve(name: str) -> Callable[[operations.Target], None]:
+def version_sha(target: operations.Target, name: str) -> str:
+    """The SHA of an example version: an image tag, or a commit of the process repository."""
+    return testbed.process_sha(name) if target.config.mode == "processes" else testbed.example_sha(name)
+
+
+def serve(name: str) -> Action:
     """Make sure `name` serves (a plain deploy, unmeasured) unless it already does."""
 
     def ensure(target: operations.Target) -> None:
-        sha = testbed.example_sha(name)
-        if _serving_sha(target) != sha:
-            operations.deploy(target, sha)
+        state = _state(target)
+        if release_sha(state.release_of(state.live)) != version_sha(target, name):
+            deploy(name)(target)
 
     return ensure
 
 
-def deploy(name: str) -> Callable[[operations.Target], None]:
-    return lambda target: operations.deploy(target, testbed.example_sha(name))
+def deploy(name: str, **options) -> Action:
+    def act(target: operations.Target) -> None:
+        if target.config.mode == "processes":
+            options.setdefault("fast", True)
+        operations.deploy(target, version_sha(target, name), **options)
 
-
-def deploy_in_window(name: str) -> Callable[[operations.Target], None]:
-    return lambda target: operations.deploy(target, testbed.example_sha(name), window=True)
+    return act
 
 
 def rollback(target: operations.Target) -> None:
@@ -58,26 +71,56 @@ def rollback(target: operations.Target) -> None:
 def compose_recreate(target: operations.Target) -> None:
     """The baseline most guides give: `docker compose up -d` recreating the live service in place."""
     config = target.config
-    layout = Layout.of(config)
-    for host in target.hosts:
-        with operations.session(target, host) as remote:
-            state = operations.read_state(remote, layout)
-            release = layout.release(state.release_of(state.live))
-            project = compose.project(config, state.live)
-            remote.check(compose.command(config, release, project, "up", "-d", "--no-deps", "--force-recreate",
-                                         "--wait", *config.stateless), "compose up -d")
+
+    def recreate(remote: Remote, state: HostState) -> None:
+        release = Layout.of(config).release(state.release_of(state.live))
+        remote.check(compose.command(config, release, compose.project(config, state.live), "up", "-d", "--no-deps",
+                                     "--force-recreate", "--wait", *config.stateless), "compose up -d")
+
+    _on_live(target, recreate)
+
+
+def gunicorn_hup(target: operations.Target) -> None:
+    """The classic process switch: `kill -HUP` the live gunicorn (new workers, same socket)."""
+
+    def hup(remote: Remote, state: HostState) -> None:
+        signal = Step("kill -HUP", (cmd("kill", "-HUP", str(state.processes[state.live])),))
+        execute(remote, Plan("baseline", "", (signal, traffic.readiness(target.config, state.live))))
+
+    _on_live(target, hup)
+
+
+def gunicorn_restart(target: operations.Target) -> None:
+    """Stop the live gunicorn and start it again: what a plain `systemctl restart` does."""
+
+    def restart(remote: Remote, state: HostState) -> None:
+        gunicorn = processes.Gunicorn(target.config, state, state.live, state.release_of(state.live))
+        execute(remote, Plan("baseline", "", (gunicorn.start(), gunicorn.ready())))
+
+    _on_live(target, restart)
 
 
 def container_scenarios() -> list[Scenario]:
-    v1, v2, v3 = (testbed.example_sha(n) for n in ("v1", "v2", "v3"))
+    env = CONTAINER_ENV
     return [
-        Scenario("container deploy v1->v2", deploy("v2"), v2, before=serve("v1")),
-        Scenario("container deploy v2->v3", deploy("v3"), v3, before=serve("v2")),
-        Scenario("container rollback v3->v2", rollback, v2, before=serve("v3")),
-        Scenario("container baseline: compose up -d recreate", compose_recreate, None),
+        Scenario("container deploy v1->v2", env, deploy("v2"), "v2", before=serve("v1")),
+        Scenario("container deploy v2->v3", env, deploy("v3"), "v3", before=serve("v2")),
+        Scenario("container rollback v3->v2", env, rollback, "v2", before=serve("v3")),
+        Scenario("container baseline: compose up -d recreate", env, compose_recreate, None),
         # last: its migration is not backward compatible, so no earlier version is ready after it
-        Scenario("container maintenance deploy v2->v4 (breaking migration)", deploy_in_window("v4-breaking"),
-                 testbed.example_sha("v4-breaking"), before=serve("v2"), window=True),
+        Scenario("container maintenance deploy v2->v4 (breaking migration)", env, deploy("v4-breaking", window=True),
+                 "v4-breaking", before=serve("v2"), window=True),
+    ]
+
+
+def process_scenarios() -> list[Scenario]:
+    env = PROCESS_ENV
+    return [
+        Scenario("process deploy v1->v2 (--fast)", env, deploy("v2"), "v2", before=serve("v1")),
+        Scenario("process deploy v2->v3 (new dependencies)", env, deploy("v3"), "v3", before=serve("v2")),
+        Scenario("process rollback v3->v2", env, rollback, "v2", before=serve("v3")),
+        Scenario("process baseline: kill -HUP", env, gunicorn_hup, None),
+        Scenario("process baseline: kill and restart", env, gunicorn_restart, None),
     ]
 
 
@@ -85,12 +128,13 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
             min_requests: int) -> dict:
     if scenario.before:
         scenario.before(target)
-    host = target.hosts[0]
-    with Load(host, target.config.nginx_listen, clients=clients, rate=rate, min_requests=min_requests) as load:
+    new_sha = version_sha(target, scenario.new_version) if scenario.new_version else None
+    with Load(target.hosts[0], target.config.nginx_listen, clients=clients, rate=rate,
+              min_requests=min_requests) as load:
         started = time.monotonic()
         scenario.action(target)
         deploy_s = time.monotonic() - started
-    summary = summarize(load.samples, scenario.new_version, maintenance_ok=scenario.window)
+    summary = summarize(load.samples, new_sha, maintenance_ok=scenario.window)
     row = {
         "scenario": scenario.name,
         "requests": summary.requests,
@@ -102,7 +146,8 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
         "clients": clients,
     }
     if scenario.window:
-        steps = _last_record(target).get("steps", {})
+        history = _state(target).history
+        steps = history[-1].get("steps", {}) if history else {}
         row.update(window_s=summary.window_s, migration_s=steps.get("migrate"),
                    maintenance_pages=sum(1 for s in load.samples if s.status == 503))
     return row
@@ -121,13 +166,16 @@ def table(rows: list[dict]) -> str:
 def run(root: Path, out: str | None = None, scenarios: list[Scenario] | None = None, *, clients: int = 8,
         rate: float = 500.0, min_requests: int = 5000, echo: Callable[[str], None] = print) -> list[dict]:
     testbed.up(echo=echo)
-    config = configuration.load(root, BENCH_ENV)
-    testbed.reset_app(config)  # every run starts from an empty server: same data, same schema
-    target = operations.Target(config, config.hosts[:1])
+    scenarios = scenarios or container_scenarios() + process_scenarios()
+    targets = {}
+    for env in dict.fromkeys(s.env for s in scenarios):
+        config = configuration.load(root, env)
+        testbed.reset_app(config)  # every run starts from an empty server: same data, same schema
+        targets[env] = operations.Target(config, config.hosts[:1])
     rows = []
-    for scenario in scenarios or container_scenarios():
+    for scenario in scenarios:
         echo(f"\n=== {scenario.name} ===")
-        rows.append(measure(target, scenario, clients=clients, rate=rate, min_requests=min_requests))
+        rows.append(measure(targets[scenario.env], scenario, clients=clients, rate=rate, min_requests=min_requests))
     echo("\n" + table(rows))
     if out:
         Path(out).write_text(json.dumps(rows, indent=2) + "\n")
@@ -135,16 +183,12 @@ def run(root: Path, out: str | None = None, scenarios: list[Scenario] | None = N
     return rows
 
 
-def _state(target: operations.Target):
+def _state(target: operations.Target) -> HostState:
     with operations.session(target, target.hosts[0]) as remote:
         return operations.read_state(remote, Layout.of(target.config))
 
 
-def _serving_sha(target: operations.Target) -> str | None:
-    state = _state(target)
-    return release_sha(state.release_of(state.live))
+def _on_live(target: operations.Target, act: Callable[[Remote, HostState], None]) -> None:
+    with operations.session(target, target.hosts[0]) as remote:
+        act(remote, operations.read_state(remote, Layout.of(target.config)))
 
-
-def _last_record(target: operations.Target) -> dict:
-    history = _state(target).history
-    return history[-1] if history else {}

@@ -41,7 +41,7 @@ KEYS: dict[str, str | None] = {
     "CONNECT_TIMEOUT": "10",
     "DEPLOY_PATH": "",
     "COMPOSE_FILES": "compose/compose.yml",
-    "STATELESS_SERVICES": None,
+    "STATELESS_SERVICES": "",
     "STATEFUL_SERVICES": "",
     "WEB_SERVICE": "",
     "NGINX_CONF": "/etc/nginx/nginx.conf",
@@ -59,7 +59,22 @@ KEYS: dict[str, str | None] = {
     "APP_ENV_FILE": "",
     "APP_ENV_PASSTHROUGH": "",
     "MAINTENANCE_ALLOW": "",
+    # process releases (MODE=processes)
+    "SOURCE_REPO": ".",
+    "SOURCE_PATH": "",
+    "APP_MODULE": "app:app",
+    "WORKERS": "4",
+    "PYTHON": "python3",
+    "REQUIREMENTS": "requirements.txt",
+    "BUILD_COMMAND": "",
+    "BUILD_INPUTS": "",
+    "BUILD_OUTPUT": "",
+    "SHARED_PATHS": "",
+    "SUPERVISOR": "auto",
 }
+SUPERVISORS = ("auto", "systemd", "pidfile")
+REL_PATH_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.()]*$")
 
 
 @dataclass(frozen=True)
@@ -96,10 +111,28 @@ class Config:
     keep_releases: int
     app_env: dict[str, str] = field(repr=False)
     maintenance_allow: tuple[str, ...] = ()
+    processes: "ProcessConfig | None" = None
 
     def secrets(self) -> list[str]:
         """Values never to print: every app env value whose key looks secret."""
         return [v for k, v in self.app_env.items() if v and SECRET_KEY_PATTERN.search(k)]
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """How a process release is built and run (MODE=processes)."""
+
+    source_repo: Path
+    source_path: str
+    app_module: str
+    workers: int
+    python: str
+    requirements: str
+    build_command: tuple[str, ...]
+    build_inputs: tuple[str, ...]
+    build_output: str
+    shared_paths: tuple[str, ...]
+    supervisor: str
 
 
 def env_file(root: Path, env: str) -> Path:
@@ -141,7 +174,11 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
     app_name = v.match("APP_NAME", NAME_RE, "lowercase letters, digits and '-', starting with a letter")
     hosts = v.list("HOSTS", HOST_RE, "hostnames or IP addresses", required=True)
     mode = v.choice("MODE", MODES)
-    stateless = v.list("STATELESS_SERVICES", SERVICE_RE, "compose service names", required=True)
+    stateless = v.list("STATELESS_SERVICES", SERVICE_RE, "compose service names")
+    if mode == "containers" and not stateless:
+        problems.append("STATELESS_SERVICES: missing (required for MODE=containers)")
+    if mode == "processes" and not stateless:
+        stateless = ("web",)  # the gunicorn of each colour is the one stateless "service"
     stateful = v.list("STATEFUL_SERVICES", SERVICE_RE, "compose service names")
     web = v.get("WEB_SERVICE") or (stateless[0] if stateless else "")
     if web and web not in stateless:
@@ -188,10 +225,41 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
         keep_releases=v.integer("KEEP_RELEASES", 2, 100),
         app_env=app_env,
         maintenance_allow=v.list("MAINTENANCE_ALLOW", CIDR_RE, "IP addresses or CIDR ranges"),
+        processes=_processes(root, v, problems) if mode == "processes" else None,
     )
     if problems:
         raise ConfigError(f"{env_file(root, env).relative_to(root) if root else env}: {len(problems)} problem(s)", problems)
     return config
+
+
+def _processes(root: Path, v: "_Validator", problems: list[str]) -> ProcessConfig:
+    repo = Path(os.path.expanduser(v.get("SOURCE_REPO")))
+    repo = repo if repo.is_absolute() else root / repo
+    if not (repo / ".git").exists() and not (repo / "HEAD").exists():
+        problems.append(f"SOURCE_REPO: {repo} is not a git repository")
+    relative = ("SOURCE_PATH", "REQUIREMENTS", "BUILD_OUTPUT")
+    paths = {key: v.match(key, REL_PATH_RE, "a relative path without '..'") for key in relative}
+    for key, value in paths.items():
+        if ".." in value.split("/"):
+            problems.append(f"{key}: {value!r} must not contain '..'")
+    inputs = v.list("BUILD_INPUTS", REL_PATH_RE, "relative paths")
+    shared = v.list("SHARED_PATHS", REL_PATH_RE, "relative paths")
+    build = v.command("BUILD_COMMAND")
+    if build and not paths["BUILD_OUTPUT"]:
+        problems.append("BUILD_OUTPUT: required with BUILD_COMMAND (what the build produces, reused by --fast)")
+    return ProcessConfig(
+        source_repo=repo,
+        source_path=paths["SOURCE_PATH"],
+        app_module=v.match("APP_MODULE", MODULE_RE, "a WSGI module:callable"),
+        workers=v.integer("WORKERS", 1, 64),
+        python=v.match("PYTHON", re.compile(r"^[A-Za-z0-9_./-]+$"), "an interpreter name or path"),
+        requirements=paths["REQUIREMENTS"],
+        build_command=build,
+        build_inputs=inputs,
+        build_output=paths["BUILD_OUTPUT"],
+        shared_paths=shared,
+        supervisor=v.choice("SUPERVISOR", SUPERVISORS),
+    )
 
 
 class _Validator:

@@ -16,7 +16,6 @@ import posixpath
 
 from . import compose, maintenance, nginx, traffic
 from .config import Config
-from .errors import DeployError
 from .facts import HostState, release_sha
 from .layout import Layout, other
 from .plan import Cmd, Plan, Put, Step, cmd
@@ -87,10 +86,11 @@ def deploy(config: Config, state: HostState, sha: str, release: str, *, migrate:
         steps.append(maintenance.window_on_step(config, live))
         if old:
             steps.append(Step(f"stop {old.colour}", (old.stop(),), undo=(old("up", "-d", "--no-deps", "--wait", *config.stateless),)))
-        steps += [*migration, new.ready(), _switch(config, state, new, sha), maintenance.off_step(config),
-                  traffic.verify(config, sha)]
+        steps += [*migration, new.ready(), traffic.switch(config, state, new.colour, release),
+                  maintenance.off_step(config), traffic.verify(config, sha)]
     else:
-        steps += [*migration, new.start(recreate=True), new.ready(), *_switch_over(config, state, new, old, sha)]
+        steps += [*migration, new.start(recreate=True), new.ready(),
+                  *traffic.switch_over(config, state, new.colour, release, sha, (old.stop(),) if old else ())]
     steps.append(cleanup_step(layout, state, config.keep_releases, keep=(release,)))
     return Plan(kind, sha, tuple(steps), {"colour": new.colour, "release": release,
                                           "previous": release_sha(state.release_of(live)), "window": window})
@@ -99,30 +99,13 @@ def deploy(config: Config, state: HostState, sha: str, release: str, *, migrate:
 def rollback(config: Config, state: HostState) -> Plan:
     """Back to the colour that served before: its containers are stopped, not gone, so this is
     a start, a gate and a switch, with no pull and no migration."""
-    if not state.live:
-        raise DeployError("nothing is deployed on this host: nothing to roll back")
-    colour = other(state.live)
-    release = state.release_of(colour)
-    if not release or release not in state.releases:
-        raise DeployError(f"no previous release on the {colour} side to roll back to; use rollback --to SHA")
-    sha = release_sha(release)
+    colour, release, sha = traffic.rollback_target(state)
     target = _Colour(config, colour, release)
     old = _Colour(config, state.live, state.release_of(state.live))
-    steps = [target.start(recreate=False), target.ready(), *_switch_over(config, state, target, old, sha)]
+    steps = [target.start(recreate=False), target.ready(),
+             *traffic.switch_over(config, state, colour, release, sha, (old.stop(),))]
     return Plan("rollback", sha, tuple(steps), {"colour": colour, "release": release,
                                                 "previous": release_sha(state.release_of(state.live))})
-
-
-def _switch(config: Config, state: HostState, new: _Colour, sha: str) -> Step:
-    previous = {"live": state.live, "colour": state.release_of(new.colour), "current": state.current}
-    return traffic.switch(config, new.colour, new.release, previous)
-
-
-def _switch_over(config, state: HostState, new: _Colour, old: _Colour | None, sha: str) -> list[Step]:
-    steps = [_switch(config, state, new, sha), traffic.verify(config, sha)]
-    if old:
-        steps.append(traffic.drain(old.colour, (old.stop(),)))
-    return steps
 
 
 def _upload_step(files: tuple[Put, ...]) -> Step:

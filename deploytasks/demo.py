@@ -7,18 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import bench, operations, testbed
+from . import bench, operations
 from . import config as configuration
 
 
 def run(root: Path) -> list[dict]:
-    v1, v2 = testbed.example_sha("v1"), testbed.example_sha("v2")
+    env = bench.CONTAINER_ENV
     scenarios = [
-        bench.Scenario("demo: deploy v1->v2 under load", bench.deploy("v2"), v2, before=bench.serve("v1")),
-        bench.Scenario("demo: rollback v2->v1 under load", bench.rollback, v1),
+        bench.Scenario("demo: deploy v1->v2 under load", env, bench.deploy("v2"), "v2", before=bench.serve("v1")),
+        bench.Scenario("demo: rollback v2->v1 under load", env, bench.rollback, "v1"),
     ]
     rows = bench.run(root, scenarios=scenarios)
-    config = configuration.load(root, bench.BENCH_ENV)
+    config = configuration.load(root, env)
     print()
     operations.status(operations.Target(config, config.hosts))
     print(f"\nThe example app answers at http://127.0.0.1:{config.nginx_listen}/ (try /version, /items).")

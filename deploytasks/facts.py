@@ -21,7 +21,11 @@ printf 'current %s\n' "$(readlink "$root/current" 2>/dev/null)"
 for r in "$root"/releases/*/; do [ -d "$r" ] && printf 'release %s\n' "$(basename "$r")"; done
 if [ -f "$root/state/lock/info.json" ]; then printf 'lock %s\n' "$(tr -d '\n' < "$root/state/lock/info.json")"
 elif [ -d "$root/state/lock" ]; then printf 'lock {"since": %s}\n' "$(stat -c %Y "$root/state/lock")"; fi
-tail -n 20 "$root/state/history.jsonl" 2>/dev/null | sed 's/^/history /'
+tail -n 200 "$root/state/history.jsonl" 2>/dev/null | sed 's/^/history /'
+[ -d /run/systemd/system ] && echo 'systemd yes'
+for c in blue green; do
+  p=$(cat "$root/run/$c/gunicorn.pid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && printf 'process %s %s\n' "$c" "$p"
+done
 if command -v docker >/dev/null 2>&1; then
   docker ps -a --filter "label=com.docker.compose.project" \
     --format 'container {{.Label "com.docker.compose.project"}}	{{.Label "com.docker.compose.service"}}	{{.State}}	{{.Status}}	{{.Image}}' 2>/dev/null
@@ -54,6 +58,8 @@ class HostState:
     lock: dict | None = None
     history: tuple[dict, ...] = ()
     containers: tuple[Container, ...] = ()
+    processes: dict[str, int] = field(default_factory=dict)  # colour -> gunicorn master pid, if alive
+    systemd: bool = False
 
     @property
     def deployed(self) -> bool:
@@ -76,7 +82,7 @@ def release_sha(release: str | None) -> str | None:
 
 
 def parse(output: str) -> HostState:
-    fields: dict = {"colours": {}, "releases": [], "history": [], "containers": []}
+    fields: dict = {"colours": {}, "releases": [], "history": [], "containers": [], "processes": {}}
     for line in output.splitlines():
         key, _, value = line.partition(" ")
         if key == "now" and value.isdigit():
@@ -100,6 +106,12 @@ def parse(output: str) -> HostState:
             entry = _json(value)
             if entry:
                 fields["history"].append(entry)
+        elif key == "systemd":
+            fields["systemd"] = True
+        elif key == "process":
+            colour, _, pid = value.partition(" ")
+            if colour in COLOURS and pid.isdigit():
+                fields["processes"][colour] = int(pid)
         elif key == "container":
             parts = value.split("\t")
             if len(parts) == 5:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import containers, history, lock, maintenance, registry, releases
+from . import containers, history, lock, maintenance, processes, registry, releases, source
 from .config import Config
 from .connection import connect
 from .console import Console
@@ -72,17 +72,30 @@ def locked(remote: Remote, layout: Layout, task: str, sha: str | None, force_unl
 
 
 def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = True, force_unlock: bool = False,
-           kind: str = "deploy", window: bool = False, echo: Callable[[str], None] = print) -> dict[str, str]:
+           kind: str = "deploy", window: bool = False, fast: bool = False,
+           echo: Callable[[str], None] = print) -> dict[str, str]:
     """Deploy `sha` to every host of the target; returns host -> SHA now serving. `window`:
-    switch inside a maintenance window (for migrations the old version cannot run beside)."""
+    switch inside a maintenance window (for migrations the old version cannot run beside).
+    `fast` (process releases): reuse dependencies and builds whose inputs did not change."""
     sha = check_sha(sha)
     config = target.config
-    missing = registry.missing(config.images, sha)
-    if missing:
-        raise ConfigError(f"image(s) for {sha} not in the registry; nothing was changed", missing)
+    if config.mode == "processes":
+        if window:
+            raise ConfigError("--maintenance is for container releases (MODE=containers)")
+        code = source.read(config, sha)  # the commit exists and is archived before any connection
+        sha = code.sha
 
-    def plan_for(state: HostState) -> Plan:
-        return containers.deploy(config, state, sha, releases.name(sha), migrate=migrate, kind=kind, window=window)
+        def plan_for(state: HostState) -> Plan:
+            return processes.deploy(config, state, code, releases.name(code.sha), migrate=migrate, fast=fast, kind=kind)
+    else:
+        if fast:
+            raise ConfigError("--fast is for process releases (MODE=processes): container images are prebuilt")
+        missing = registry.missing(config.images, sha)
+        if missing:
+            raise ConfigError(f"image(s) for {sha} not in the registry; nothing was changed", missing)
+
+        def plan_for(state: HostState) -> Plan:
+            return containers.deploy(config, state, sha, releases.name(sha), migrate=migrate, kind=kind, window=window)
 
     return _each_host(target, kind, sha, plan_for, dry_run=dry_run, force_unlock=force_unlock, echo=echo)
 
@@ -92,10 +105,11 @@ def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dr
     """Without `to`: back to the colour that served before. With `to`: redeploy an earlier SHA
     from history, without migrations unless asked."""
     if to:
-        to = check_sha(to)
+        to = source.resolve(target.config, check_sha(to)) if target.config.mode == "processes" else check_sha(to)
         return deploy(target, to, dry_run=dry_run, migrate=migrate, force_unlock=force_unlock,
                       kind="rollback", echo=echo)
-    return _each_host(target, "rollback", None, lambda state: containers.rollback(target.config, state),
+    plans = processes if target.config.mode == "processes" else containers
+    return _each_host(target, "rollback", None, lambda state: plans.rollback(target.config, state),
                       dry_run=dry_run, force_unlock=force_unlock, echo=echo)
 
 
@@ -178,6 +192,8 @@ def describe_state(config: Config, state: HostState) -> list[str]:
                 lines.append(f"standby {colour}: {release_sha(release)} (rollback target)")
     if state.lock:
         lines.append(f"deploy lock: {lock.describe(state.lock, state.now or time.time())}")
+    for colour, pid in sorted(state.processes.items()):
+        lines.append(f"  gunicorn {colour:5} pid {pid} running {release_sha(state.release_of(colour)) or '?'}")
     for project in [config.app_name] + [f"{config.app_name}-{c}" for c in ("blue", "green")]:
         for container in state.containers_of(project):
             lines.append(f"  {project:>16} {container.service:10} {container.status:28} {container.image}")

@@ -19,6 +19,10 @@ def name(sha: str, now: float | None = None) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time())) + f"-{sha}"
 
 
+def timestamp(release: str) -> str:
+    return release.split("-", 1)[0]
+
+
 def prepare_step(layout: Layout, release_dir: str) -> Step:
     dirs = [release_dir, f"{release_dir}/nginx", layout.shared, layout.state, layout.nginx_dir]
     dirs += [layout.run_dir(colour) for colour in COLOURS]

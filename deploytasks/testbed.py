@@ -3,10 +3,14 @@
 ``up()`` installs and starts everything a deploy target needs on this machine:
 dockerd, the Compose v2 CLI plugin, a private registry on 127.0.0.1:5000, a
 debootstrapped base image, the example app's images, an sshd on port 2222 that
-accepts a generated key for root, and an nginx with its own config. Every part
-is skipped quickly when it is already in place, so ``up()`` is idempotent.
-``down()`` stops exactly the processes ``up()`` started (recorded pid files);
-packages, images and registry data stay.
+accepts a generated key for root, and an nginx with its own config. For process
+releases (gunicorn straight on the host, deployed from a git SHA with ``git archive``)
+it also keeps a deterministic git repository of the example app (PROCESS_REPO, one
+tagged commit per PROCESS_VERSIONS entry) and a redis container on 127.0.0.1:6390
+(PROCESS_REDIS_URL). Every part is skipped quickly when it is already in place, so
+``up()`` is idempotent. ``down()`` stops exactly the processes ``up()`` started
+(recorded pid files) and the process redis container; packages, images, registry
+data and the redis volume stay.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ NGINX_CONF = STATE_DIR / "nginx" / "nginx.conf"
 NGINX_SITE_DIR = STATE_DIR / "nginx" / "conf.d"
 
 APT_PACKAGES = ("docker.io", "docker-registry", "openssh-server", "nginx-light",
-                "debootstrap", "iproute2", "curl")
+                "debootstrap", "iproute2", "curl", "git", "python3-venv")
 BASE_PACKAGES = ("python3", "gunicorn", "python3-redis", "redis-server")
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "example"
 REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -125,6 +129,12 @@ def down(echo: Echo = print) -> None:
     """Stop exactly the processes up() started, newest first."""
     stopped = 0
     for part in reversed([p for p, _ in _STEPS]):
+        if part == "process-db":
+            started = time.monotonic()
+            if result := _stop_process_redis():
+                echo(f"{part}: {result} ({time.monotonic() - started:.1f}s)")
+                stopped += 1
+            continue
         if part not in _DAEMONS or (pid := _our_pid(part)) is None:
             continue
         started = time.monotonic()
@@ -659,6 +669,261 @@ def _step_example_images(echo: Echo) -> str:
     return f"built and pushed {len(todo)} of {len(EXAMPLE_VERSIONS)}"
 
 
+# ---------------------------------------------------------------- 6b. process releases: git repository
+#
+# Process releases run gunicorn on the host from `git archive <sha>` of this repository.
+# It is written with `git fast-import` from a stream that fixes every byte of every object
+# (contents, modes, author, committer, dates, message), so the SHAs are the same on every
+# machine for the same example/app.py. Tags are lightweight: `git rev-parse v1` is the commit.
+
+PROCESS_REPO = STATE_DIR / "example-process-repo"
+PROCESS_BRANCH = "main"
+PROCESS_VERSIONS: tuple[str, ...] = ("v1", "v2", "v3", "never-ready", "bad-migration")  # commit order
+PROCESS_REQUIREMENTS = "gunicorn==23.0.0\nredis==5.0.8\n"
+PROCESS_REQUIREMENTS_V3 = PROCESS_REQUIREMENTS + "six==1.16.0\n"  # v3 changes the dependencies
+
+_PROCESS_AUTHOR = "deploytasks example <example@deploytasks.invalid>"
+_PROCESS_EPOCH = 1704067200  # 2024-01-01T00:00:00Z; the i-th commit is dated _PROCESS_EPOCH + i
+_PROCESS_FORMAT = 1  # bump when the stream layout changes, so existing repos are rebuilt
+_PROCESS_CONTENT_FILE = "deploytasks-content.sha256"  # in .git: hash of the stream the repo came from
+_STYLE_CSS = """/* example app styles */
+body { font-family: sans-serif; margin: 2rem; }
+h1 { color: #224; }
+"""
+_STYLE_CSS_V3 = """/* example app styles (v3: new palette) */
+body { font-family: sans-serif; margin: 2rem; background: #fafafa; }
+h1 { color: #0a5; }
+"""
+_BUILD_SH = """#!/bin/sh
+# Build step of the example app's process releases: bundle the stylesheets.
+set -eu
+cd "$(dirname "$0")"
+mkdir -p static
+cat assets/*.css > static/app.css
+sleep 1  # a real build (npm, collectstatic, ...) takes a while
+"""
+_PROCESS_SHAS: dict[str, str] = {}  # process_sha() cache, cleared when the repo is rebuilt
+_SHA_RE = re.compile(r"[0-9a-f]{40}")
+
+
+def process_tree(name: str) -> dict[str, tuple[int, bytes]]:
+    """path -> (git file mode, content) of the commit of a process version."""
+    if name not in PROCESS_VERSIONS:
+        raise TestbedError(f"unknown process version {name!r} (one of {', '.join(PROCESS_VERSIONS)})")
+    build = {**asdict(EXAMPLE_VERSIONS[name]), "sha": ""}  # the app reads DEPLOY_SHA instead
+    v3 = name == "v3"
+    return {
+        "app.py": (0o100644, (EXAMPLE_DIR / "app.py").read_bytes()),
+        "build.json": (0o100644, (json.dumps(build, indent=2) + "\n").encode()),
+        "requirements.txt": (0o100644, (PROCESS_REQUIREMENTS_V3 if v3 else PROCESS_REQUIREMENTS).encode()),
+        "assets/style.css": (0o100644, (_STYLE_CSS_V3 if v3 else _STYLE_CSS).encode()),
+        "build.sh": (0o100755, _BUILD_SH.encode()),
+    }
+
+
+def _process_stream() -> bytes:
+    """The `git fast-import` input: one commit per version on PROCESS_BRANCH, each tagged."""
+    out: list[bytes] = []
+
+    def data(content: bytes) -> None:
+        out.append(b"data %d\n" % len(content) + content + b"\n")
+
+    for i, name in enumerate(PROCESS_VERSIONS):
+        when = f"{_PROCESS_EPOCH + i} +0000"
+        out.append(f"commit refs/heads/{PROCESS_BRANCH}\nmark :{i + 1}\n"
+                   f"author {_PROCESS_AUTHOR} {when}\ncommitter {_PROCESS_AUTHOR} {when}\n".encode())
+        data(f"example app {name}\n".encode())
+        if i:
+            out.append(f"from :{i}\n".encode())
+        out.append(b"deleteall\n")
+        for path, (mode, content) in sorted(process_tree(name).items()):
+            out.append(f"M {mode:o} inline {path}\n".encode())
+            data(content)
+        out.append(f"\nreset refs/tags/{name}\nfrom :{i + 1}\n\n".encode())
+    return b"".join(out)
+
+
+def _process_content_hash(stream: bytes) -> str:
+    return hashlib.sha256(f"deploytasks process repo format {_PROCESS_FORMAT}\n".encode() + stream).hexdigest()
+
+
+def _git(repo: Path, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """git without the user's or the system's config (signing, hooks paths, object format...)."""
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C"}
+    return _run(["git", "-C", str(repo), *args], check=check, env=env, **kw)
+
+
+def _tag_shas(repo: Path) -> dict[str, str] | None:
+    """tag -> commit SHA for every process version, or None when any is missing."""
+    if not (repo / ".git").is_dir():
+        return None
+    proc = _git(repo, "rev-parse", *(f"refs/tags/{n}^{{commit}}" for n in PROCESS_VERSIONS), check=False)
+    shas = proc.stdout.split()
+    if proc.returncode != 0 or len(shas) != len(PROCESS_VERSIONS) or not all(_SHA_RE.fullmatch(s) for s in shas):
+        return None
+    return dict(zip(PROCESS_VERSIONS, shas))
+
+
+def build_process_repo(path: Path) -> dict[str, str]:
+    """Write the process repository into the new directory `path` (checked out at the tip of
+    PROCESS_BRANCH); returns tag -> commit SHA. Same example/app.py, same SHAs, anywhere."""
+    stream = _process_stream()
+    path.mkdir(parents=True)
+    _git(path, "init", "-q", "-b", PROCESS_BRANCH)
+    with tempfile.TemporaryFile() as f:
+        f.write(stream)
+        f.seek(0)
+        _git(path, "fast-import", "--quiet", stdin=f, timeout=120)
+    _git(path, "reset", "-q", "--hard", PROCESS_BRANCH)
+    (path / ".git" / _PROCESS_CONTENT_FILE).write_text(_process_content_hash(stream) + "\n")
+    shas = _tag_shas(path)
+    if shas is None:
+        raise TestbedError(f"git fast-import into {path} left process version tags missing")
+    return shas
+
+
+def process_sha(name: str) -> str:
+    """The commit SHA of a process version in PROCESS_REPO (what a process deploy is given)."""
+    if name not in PROCESS_VERSIONS:
+        raise TestbedError(f"unknown process version {name!r} (one of {', '.join(PROCESS_VERSIONS)})")
+    if name not in _PROCESS_SHAS:
+        proc = _git(PROCESS_REPO, "rev-parse", "--verify", "-q", f"refs/tags/{name}^{{commit}}",
+                    check=False) if PROCESS_REPO.is_dir() else None
+        if proc is None or proc.returncode != 0 or not _SHA_RE.fullmatch(proc.stdout.strip()):
+            raise TestbedError(f"{PROCESS_REPO} has no tag {name}: run testbed.up()")
+        _PROCESS_SHAS[name] = proc.stdout.strip()
+    return _PROCESS_SHAS[name]
+
+
+def _process_repo_current(want: str) -> dict[str, str] | None:
+    """The tag SHAs when PROCESS_REPO was built from exactly this content, else None."""
+    try:
+        have = (PROCESS_REPO / ".git" / _PROCESS_CONTENT_FILE).read_text().strip()
+    except OSError:
+        return None
+    return _tag_shas(PROCESS_REPO) if have == want else None
+
+
+def _step_process_repo(echo: Echo) -> str:
+    """(Re)build PROCESS_REPO only when it is missing or its content would differ."""
+    want = _process_content_hash(_process_stream())
+    if shas := _process_repo_current(want):
+        return f"present ({PROCESS_REPO}, {len(shas)} tags, {PROCESS_BRANCH} at {shas[PROCESS_VERSIONS[-1]][:12]})"
+    existed = PROCESS_REPO.exists()
+    tmp = Path(tempfile.mkdtemp(prefix="process-repo-", dir=TMP_DIR))
+    try:
+        shas = build_process_repo(tmp / "repo")
+        shutil.rmtree(PROCESS_REPO, ignore_errors=True)
+        (tmp / "repo").rename(PROCESS_REPO)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _PROCESS_SHAS.clear()
+    for name, sha in shas.items():
+        echo(f"process-repo:   {name} -> {sha}")
+    return f"{'rebuilt' if existed else 'built'} ({PROCESS_REPO}, {len(shas)} tags)"
+
+
+def _check_process_repo() -> tuple[bool, str]:
+    shas = _process_repo_current(_process_content_hash(_process_stream()))
+    if shas is None:
+        state = "out of date" if (PROCESS_REPO / ".git").is_dir() else "missing"
+        return False, f"{PROCESS_REPO} {state}"
+    return True, f"{PROCESS_REPO}: " + ", ".join(f"{n} {s[:12]}" for n, s in shas.items())
+
+
+# ---------------------------------------------------------------- 6c. process releases: redis
+
+PROCESS_REDIS_CONTAINER = "deploytasks-testbed-redis"
+PROCESS_REDIS_VOLUME = "deploytasks-testbed-redis"
+PROCESS_REDIS_PORT = 6390
+PROCESS_REDIS_URL = f"redis://127.0.0.1:{PROCESS_REDIS_PORT}/0"
+_PROCESS_REDIS_CMD = ("redis-server", "--appendonly", "yes", "--dir", "/data", "--protected-mode", "no")
+_PROCESS_REDIS_LABEL = "deploytasks.testbed.spec"
+
+
+def _process_redis_run_args() -> list[str]:
+    return ["--restart", "unless-stopped", "-p", f"127.0.0.1:{PROCESS_REDIS_PORT}:6379",
+            "-v", f"{PROCESS_REDIS_VOLUME}:/data", BASE_IMAGE, *_PROCESS_REDIS_CMD]
+
+
+def _process_redis_spec() -> str:
+    """Label on the container: a changed run spec means recreate (the volume keeps the data)."""
+    return hashlib.sha256(json.dumps(_process_redis_run_args()).encode()).hexdigest()[:16]
+
+
+def _process_redis_state() -> tuple[str, str] | None:
+    """(docker status, spec label) of the container, None when it does not exist."""
+    proc = _run([_docker_cli(), "container", "inspect", "--format",
+                 f'{{{{.State.Status}}}} {{{{index .Config.Labels "{_PROCESS_REDIS_LABEL}"}}}}',
+                 PROCESS_REDIS_CONTAINER], check=False, timeout=20)
+    if proc.returncode != 0:
+        if "No such" in proc.stderr:
+            return None
+        raise TestbedError(f"docker container inspect {PROCESS_REDIS_CONTAINER}: {_last_line(proc.stderr)}")
+    status, _, spec = proc.stdout.strip().partition(" ")
+    return status, spec
+
+
+def _process_redis_answers() -> bool:
+    """A raw RESP PING on the published port (no docker exec: this runs in every status())."""
+    try:
+        with socket.create_connection(("127.0.0.1", PROCESS_REDIS_PORT), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _step_process_db(echo: Echo) -> str:
+    """The redis of process releases: a container from BASE_IMAGE, data in a named volume."""
+    spec = _process_redis_spec()
+    state = _process_redis_state()
+    action = "already running"
+    if state is not None and state[1] != spec:
+        _run([_docker_cli(), "rm", "-f", PROCESS_REDIS_CONTAINER])
+        state, action = None, "recreated with a new spec (volume kept)"
+    if state is None:
+        if _port_open(PROCESS_REDIS_PORT):
+            raise TestbedError(f"port {PROCESS_REDIS_PORT} is taken by something other than {PROCESS_REDIS_CONTAINER}")
+        _run([_docker_cli(), "run", "-d", "--name", PROCESS_REDIS_CONTAINER,
+              "--label", f"{_PROCESS_REDIS_LABEL}={spec}", *_process_redis_run_args()])
+        action = "created" if action == "already running" else action
+    elif state[0] != "running":
+        _run([_docker_cli(), "start", PROCESS_REDIS_CONTAINER])
+        action = f"started (was {state[0]})"
+    try:
+        _wait_for(f"redis {PROCESS_REDIS_CONTAINER}", _process_redis_answers, 30)
+    except TestbedError as exc:
+        logs = _run([_docker_cli(), "logs", "--tail", "5", PROCESS_REDIS_CONTAINER], check=False)
+        raise TestbedError(f"{exc}: {_last_line(logs.stdout + logs.stderr)}") from None
+    return f"{action} ({PROCESS_REDIS_CONTAINER}, {PROCESS_REDIS_URL})"
+
+
+def _check_process_db() -> tuple[bool, str]:
+    state = _process_redis_state()
+    if state is None:
+        return False, f"container {PROCESS_REDIS_CONTAINER} missing"
+    if state[0] != "running":
+        return False, f"container {PROCESS_REDIS_CONTAINER} {state[0]}"
+    if not _process_redis_answers():
+        return False, f"{PROCESS_REDIS_CONTAINER} running but no PONG on 127.0.0.1:{PROCESS_REDIS_PORT}"
+    return True, f"{PROCESS_REDIS_CONTAINER} answers PING at {PROCESS_REDIS_URL}"
+
+
+def _stop_process_redis() -> str | None:
+    """For down(): stop the container when it runs (up() started it); None when nothing to do."""
+    if not _docker_answers():
+        return None
+    try:
+        state = _process_redis_state()
+        if state is None or state[0] != "running":
+            return None
+        _run([_docker_cli(), "stop", "-t", "10", PROCESS_REDIS_CONTAINER], timeout=60)
+    except TestbedError as exc:
+        return f"could not stop {PROCESS_REDIS_CONTAINER}: {exc}"
+    return f"stopped container {PROCESS_REDIS_CONTAINER} (volume {PROCESS_REDIS_VOLUME} kept)"
+
+
 # ---------------------------------------------------------------- 7. sshd
 
 def _sshd_config() -> str:
@@ -845,6 +1110,8 @@ _STEPS: list[tuple[str, Callable[[Echo], str]]] = [
     ("registry", _step_registry),
     ("base-image", _step_base_image),
     ("example-images", _step_example_images),
+    ("process-repo", _step_process_repo),
+    ("process-db", _step_process_db),
     ("sshd", _step_sshd),
     ("nginx", _step_nginx),
 ]
@@ -856,6 +1123,8 @@ _CHECKS: list[tuple[str, Callable[[], tuple[bool, str]]]] = [
     ("registry", _guard(_check_registry)),
     ("base-image", _guard(_check_base_image)),
     ("example-images", _guard(_check_example_images)),
+    ("process-repo", _guard(_check_process_repo)),
+    ("process-db", _guard(_check_process_db)),
     ("sshd", _guard(_check_sshd)),
     ("nginx", _guard(_check_nginx)),
 ]
@@ -864,6 +1133,9 @@ _CHECKS: list[tuple[str, Callable[[], tuple[bool, str]]]] = [
 def reset_app(config) -> None:
     """Remove every trace of a deployed app from the test server, as if it were a new machine
     (tests and the benchmark start from here; never point this at a real server)."""
+    if getattr(config, "mode", "containers") == "processes":
+        _kill_app_gunicorns(config.deploy_path)
+        _flush_process_redis()
     for project in (config.app_name, f"{config.app_name}-blue", f"{config.app_name}-green"):
         ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
                              capture_output=True, text=True).stdout.split()
@@ -874,6 +1146,74 @@ def reset_app(config) -> None:
     shutil.rmtree(config.deploy_path, ignore_errors=True)
     Path(config.nginx_site_dir, f"{config.app_name}.conf").unlink(missing_ok=True)
     subprocess.run(["nginx", "-s", "reload", "-c", config.nginx_conf], check=True)
+
+
+def _ppids() -> dict[int, int]:
+    """pid -> parent pid of every process on the host."""
+    ppids = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppids[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return ppids
+
+
+def _app_gunicorns(deploy_path: str, ppids: dict[int, int]) -> set[int]:
+    """Host gunicorns of the app: the masters in <deploy_path>/run/*/gunicorn.pid, and any gunicorn
+    (an orphaned worker, a master whose pid file is gone) running from under deploy_path."""
+    pids = set()
+    for pid_file in Path(deploy_path).glob("run/*/gunicorn.pid"):
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _alive(pid) and "gunicorn" in " ".join(_cmdline(pid)):
+            pids.add(pid)
+    prefix = deploy_path.rstrip("/") + "/"
+    if prefix == "/":
+        return pids
+    for pid in ppids:
+        argv = " ".join(_cmdline(pid))
+        if "gunicorn" not in argv or pid in pids:
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/root") != "/":  # a container's gunicorn: not ours to kill
+                continue
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if prefix in argv or (cwd + "/").startswith(prefix):
+            pids.add(pid)
+    return pids
+
+
+def _kill_app_gunicorns(deploy_path: str, grace: float = 5) -> None:
+    """SIGTERM the app's gunicorn masters, SIGKILL them and their workers after `grace` seconds."""
+    ppids = _ppids()
+    found = _app_gunicorns(deploy_path, ppids)
+    family, frontier = set(found), set(found)
+    while frontier:  # the workers (and anything else they forked)
+        frontier = {pid for pid, parent in ppids.items() if parent in frontier} - family
+        family |= frontier
+    for pid in (p for p in found if ppids.get(p) not in found):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in family):
+        time.sleep(0.1)
+    for pid in family:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _flush_process_redis() -> None:
+    proc = _run([_docker_cli(), "exec", PROCESS_REDIS_CONTAINER, "redis-cli", "FLUSHALL"], check=False, timeout=30)
+    if proc.returncode != 0 or proc.stdout.strip() != "OK":
+        raise TestbedError(f"FLUSHALL in {PROCESS_REDIS_CONTAINER} failed: "
+                           f"{_last_line(proc.stderr or proc.stdout)}; run testbed.up()")
 
 
 if __name__ == "__main__":

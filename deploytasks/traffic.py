@@ -6,7 +6,9 @@ unix socket, and both switch by swapping the live symlink nginx connects through
 from __future__ import annotations
 
 from .config import Config
-from .layout import Layout
+from .errors import DeployError
+from .facts import HostState, release_sha
+from .layout import Layout, other
 from .plan import Cmd, Poll, Step, Wait, cmd
 
 # After the swap no new connection reaches the old colour, but ones nginx opened an instant
@@ -31,11 +33,12 @@ def readiness(config: Config, colour: str, diagnose: tuple[Cmd, ...] = ()) -> St
     return Step(f"ready: {colour}", (Poll(probe, config.health_timeout, config.health_interval),), diagnose=diagnose)
 
 
-def switch(config: Config, colour: str, release: str, previous: dict[str, str | None]) -> Step:
-    """Send new connections to `colour`; undo puts back what `previous` (live colour, the colour's
-    old release, current release) recorded."""
+def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
+    """Send new connections to `colour`; undo puts back the live colour, the colour's old
+    release and `current` as the host had them."""
     layout = Layout.of(config)
     release_dir = f"../releases/{release}"
+    previous = {"live": state.live, "colour": state.release_of(colour), "current": state.current}
     undo_live = previous.get("live")
     return Step(
         f"switch to {colour}",
@@ -65,3 +68,23 @@ def drain(colour: str, stop: tuple[Cmd, ...]) -> Step:
     """Let the old colour finish what it has, then stop it (kept for an instant rollback)."""
     return Step(f"drain {colour}", (Wait(SETTLE_SECONDS, "let the old colour accept what nginx already sent it"), *stop),
                 best_effort=True)
+
+
+def switch_over(config: Config, state: HostState, colour: str, release: str, sha: str,
+                stop_old: tuple[Cmd, ...]) -> list[Step]:
+    """Switch, check through nginx, then drain the colour that served before (if any)."""
+    steps = [switch(config, state, colour, release), verify(config, sha)]
+    if state.live and stop_old:
+        steps.append(drain(state.live, stop_old))
+    return steps
+
+
+def rollback_target(state: HostState) -> tuple[str, str, str]:
+    """The colour that served before, its release and SHA: what `rollback` returns to."""
+    if not state.live:
+        raise DeployError("nothing is deployed on this host: nothing to roll back")
+    colour = other(state.live)
+    release = state.release_of(colour)
+    if not release or release not in state.releases:
+        raise DeployError(f"no previous release on the {colour} side to roll back to; use rollback --to SHA")
+    return colour, release, release_sha(release)

@@ -1,8 +1,11 @@
 """Example app for deploytasks: a stdlib WSGI app backed by redis, served by gunicorn.
 
-Its build.json (baked into the image) says which git SHA it is, which schema
-versions it works with and how it misbehaves, so deploy tests can exercise
-migrations, readiness gates and rollbacks against real containers.
+Its build.json (next to app.py: baked into the image, or committed in the process
+releases' git repository) says which git SHA it is, which schema versions it works
+with and how it misbehaves, so deploy tests can exercise migrations, readiness gates
+and rollbacks against real containers and real host processes. A process release
+cannot know its own commit SHA, so its build.json has "sha": "" and the SHA comes
+from DEPLOY_SHA, which the deploy tool sets.
 
     gunicorn app:app                 serve (GUNICORN_CMD_ARGS supplies --bind)
     python3 app.py migrate           raise redis "schema_version" to this build's migrate_to
@@ -20,10 +23,11 @@ if __name__ != "__main__":
     # The CLI (migrate, healthcheck) runs as __main__ and is not slowed down.
     time.sleep(float(os.environ.get("BOOT_SECONDS", "2")))
 
-BUILD_JSON = os.environ.get("BUILD_JSON", "/app/build.json")
+BUILD_JSON = os.environ.get("BUILD_JSON") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                           "build.json")
 with open(BUILD_JSON) as _f:
     BUILD = json.load(_f)
-SHA = BUILD["sha"]
+SHA = BUILD.get("sha") or os.environ.get("DEPLOY_SHA") or "unknown"
 SCHEMA_MIN = int(BUILD["schema_min"])
 SCHEMA_MAX = int(BUILD["schema_max"])
 REDIS_URL = os.environ.get("REDIS_URL", "redis://db:6379/0")

@@ -1,4 +1,6 @@
 """Real checks of a started testbed (python3 -c "from deploytasks import testbed; testbed.up()")."""
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -130,3 +132,111 @@ def test_example_image_serves_over_a_unix_socket():
         _docker("rm", "-f", f"{name}-web", f"{name}-db", check=False)
         _docker("network", "rm", name, check=False)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- process releases
+
+def _git(*args, repo=None):
+    return subprocess.run(["git", "-C", str(repo or testbed.PROCESS_REPO), *args],
+                          capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def test_process_repo_tags_every_version_with_stable_shas(tmp_path):
+    first = {name: testbed.process_sha(name) for name in testbed.PROCESS_VERSIONS}
+    testbed._PROCESS_SHAS.clear()  # the second call really asks git again
+    second = {name: testbed.process_sha(name) for name in testbed.PROCESS_VERSIONS}
+    assert first == second
+    assert set(_git("tag").split()) == set(testbed.PROCESS_VERSIONS)
+    assert {n: _git("rev-parse", n).strip() for n in testbed.PROCESS_VERSIONS} == first
+    # one linear branch, oldest first in PROCESS_VERSIONS order
+    versions = testbed.PROCESS_VERSIONS
+    history = _git("rev-list", "--reverse", "--parents", testbed.PROCESS_BRANCH).splitlines()
+    assert history == [first[versions[0]]] + [f"{first[b]} {first[a]}" for a, b in zip(versions, versions[1:])]
+    # deterministic: a fresh build elsewhere, at another time, has the very same SHAs
+    assert testbed.build_process_repo(tmp_path / "again") == first
+
+
+def test_process_versions_share_requirements_until_v3():
+    req = {n: _git("show", f"{n}:requirements.txt") for n in testbed.PROCESS_VERSIONS}
+    assert req["v1"] == req["v2"] == req["never-ready"] == req["bad-migration"]
+    assert req["v1"].startswith("gunicorn==") and "\nredis==5." in req["v1"]
+    assert req["v3"] != req["v1"] and req["v3"].startswith(req["v1"])
+    css = {n: _git("show", f"{n}:assets/style.css") for n in ("v1", "v2", "v3")}
+    assert css["v1"] == css["v2"] != css["v3"]
+
+
+def test_process_build_json_has_flags_but_no_sha():
+    for name in testbed.PROCESS_VERSIONS:
+        build = json.loads(_git("show", f"{name}:build.json"))
+        assert build == {**dataclasses.asdict(testbed.EXAMPLE_VERSIONS[name]), "sha": ""}
+
+
+def test_git_archive_of_a_process_sha_lists_the_release_files():
+    proc = subprocess.run(f"git -C {testbed.PROCESS_REPO} archive {testbed.process_sha('v1')} | tar -tv",
+                          shell=True, capture_output=True, text=True, check=True, timeout=30)
+    listing = {line.split()[-1]: line.split()[0] for line in proc.stdout.splitlines()}
+    assert {"app.py", "build.json", "requirements.txt", "build.sh", "assets/style.css"} <= set(listing)
+    assert listing["build.sh"].startswith("-rwx")
+
+
+def test_process_redis_answers_ping():
+    assert _docker("exec", testbed.PROCESS_REDIS_CONTAINER, "redis-cli", "ping").stdout.strip() == "PONG"
+    restart = _docker("inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}",
+                      testbed.PROCESS_REDIS_CONTAINER).stdout.strip()
+    assert restart == "unless-stopped"
+
+
+def test_process_release_runs_from_a_venv_on_the_host(tmp_path):
+    """What a process deploy does, by hand: git archive, venv + pip over SSH, build.sh, gunicorn."""
+    sha = testbed.process_sha("v3")
+    release = tmp_path / "releases" / sha
+    venv = tmp_path / "venv"
+    pid_file = tmp_path / "run" / "web" / "gunicorn.pid"
+    sock = tmp_path / "run" / "web" / "web.sock"
+    release.mkdir(parents=True)
+    pid_file.parent.mkdir(parents=True)
+    redis_url = f"redis://127.0.0.1:{testbed.PROCESS_REDIS_PORT}/15"  # a db of its own
+    gunicorn = None
+    try:
+        with _connection() as conn:
+            conn.run(f"git -C {testbed.PROCESS_REPO} archive {sha} | tar -x -C {release}", hide=True, in_stream=False)
+            conn.run(f"python3 -m venv {venv}", hide=True, in_stream=False)
+            conn.run(f"{venv}/bin/pip install -q --disable-pip-version-check -r {release}/requirements.txt",
+                     hide=True, in_stream=False, timeout=300)
+            conn.run(f"{release}/build.sh", hide=True, in_stream=False)
+            freeze = conn.run(f"{venv}/bin/pip freeze", hide=True, in_stream=False).stdout
+        assert "six==1.16.0" in freeze and "gunicorn==" in freeze
+        assert (release / "static" / "app.css").read_text() == _git("show", "v3:assets/style.css")
+
+        env = {**os.environ, "DEPLOY_SHA": sha, "REDIS_URL": redis_url, "BOOT_SECONDS": "0"}
+        gunicorn = subprocess.Popen([str(venv / "bin" / "gunicorn"), "--chdir", str(release), "--workers", "2",
+                                     "--bind", f"unix:{sock}", "--pid", str(pid_file), "app:app"],
+                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        status, out = None, ""
+        while time.monotonic() < deadline and status != 200:
+            time.sleep(0.2)
+            status, out = _curl(str(sock), "/version") if sock.exists() else (None, "no socket yet")
+        assert status == 200 and out.rstrip().endswith(sha), out
+        assert f"X-App-Version: {sha}" in out
+
+        status, out = _curl(str(sock), "/readyz")
+        assert status == 503 and "schema_version 0" in out, out
+        migrate = subprocess.run([str(venv / "bin" / "python3"), "app.py", "migrate"], cwd=release, env=env,
+                                 capture_output=True, text=True, timeout=30)
+        assert migrate.returncode == 0 and "schema_version 0 -> 2" in migrate.stdout, migrate.stderr
+        status, out = _curl(str(sock), "/readyz")
+        assert status == 200, out
+
+        # reset_app's process cleanup finds the master through its pid file and takes the workers along
+        master = int(pid_file.read_text())
+        workers = [int(p) for p in open(f"/proc/{master}/task/{master}/children").read().split()]
+        assert len(workers) == 2
+        testbed._kill_app_gunicorns(str(tmp_path))
+        assert not any(testbed._alive(p) for p in [master, *workers])
+    finally:
+        if gunicorn is not None:
+            if gunicorn.poll() is None:
+                gunicorn.kill()
+            gunicorn.wait(timeout=10)
+        _docker("exec", testbed.PROCESS_REDIS_CONTAINER, "redis-cli", "-n", "15", "FLUSHDB", check=False)

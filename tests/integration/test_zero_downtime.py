@@ -8,17 +8,18 @@ import json
 
 from deploytasks import bench
 
-from .support import ROOT, sha
+from .support import ROOT
 
 SMALL = {"clients": 8, "rate": 400.0, "min_requests": 1500}
 
 
 def test_deploy_under_load_fails_nothing_and_never_regresses(fresh_host, tmp_path):
     out = tmp_path / "bench.json"
+    env = bench.CONTAINER_ENV
     rows = bench.run(ROOT, str(out), [
-        bench.Scenario("deploy v1->v2", bench.deploy("v2"), sha("v2"), before=bench.serve("v1")),
-        bench.Scenario("rollback v2->v1", bench.rollback, sha("v1")),
-        bench.Scenario("baseline: compose up -d recreate", bench.compose_recreate, None),
+        bench.Scenario("deploy v1->v2", env, bench.deploy("v2"), "v2", before=bench.serve("v1")),
+        bench.Scenario("rollback v2->v1", env, bench.rollback, "v1"),
+        bench.Scenario("baseline: compose up -d recreate", env, bench.compose_recreate, None),
     ], **SMALL)
     assert json.loads(out.read_text()) == rows
     deploy, rollback, baseline = rows

@@ -110,7 +110,7 @@ def test_the_script_and_the_parser_agree(tmp_path):
     (root / "state" / "lock" / "info.json").write_text('{"user": "bob",\n "since": 1700000000}\n')
     (root / "state" / "maintenance").write_text("")
     (root / "state" / "history.jsonl").write_text("".join(
-        f'{{"sha": "{i:07d}", "outcome": "ok"}}\n' for i in range(25)))
+        f'{{"sha": "{i:07d}", "outcome": "ok"}}\n' for i in range(205)))
     (root / "run" / "green").mkdir(parents=True)
     os.symlink(f"../releases/{REL_OLD}", root / "state" / "blue")
     os.symlink(f"../releases/{REL_NEW}", root / "state" / "green")
@@ -130,7 +130,7 @@ def test_the_script_and_the_parser_agree(tmp_path):
     assert state.live == "green" and state.current == REL_NEW and state.maintenance
     assert state.releases == (REL_OLD, REL_NEW)
     assert state.lock == {"user": "bob", "since": 1700000000}
-    assert [h["sha"] for h in state.history] == [f"{i:07d}" for i in range(5, 25)]  # the last 20
+    assert [h["sha"] for h in state.history] == [f"{i:07d}" for i in range(5, 205)]  # the last 200
     assert [(c.project, c.service, c.healthy) for c in state.containers] == [("example-green", "web", True)]
 
 
