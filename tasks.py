@@ -100,7 +100,9 @@ def test(c, unit=False, k=None):
     args = [sys.executable, "-m", "pytest", "-ra"]
     args += ["tests/unit"] if unit else []
     args += ["-k", k] if k else []
-    c.run(shlex.join(args), pty=False)
+    result = c.run(shlex.join(args), pty=False, warn=True)
+    if not result.ok:
+        raise Exit(code=result.exited)
 
 
 @task

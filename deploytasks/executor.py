@@ -19,6 +19,7 @@ from .errors import StepFailed
 from .plan import Cmd, Plan, Poll, Put, Step, Wait
 
 TAIL_LINES = 15
+PROGRESS_EVERY = 10.0  # seconds between 'still waiting' lines of a poll
 
 
 class Interrupted(StepFailed):
@@ -125,12 +126,17 @@ def _perform(remote: Remote, action) -> None:
 
 
 def _poll(remote: Remote, poll: Poll) -> None:
-    deadline = time.monotonic() + poll.timeout
+    started = time.monotonic()
+    deadline, next_note = started + poll.timeout, started + PROGRESS_EVERY
     while True:
         result = remote.run(poll.argv)
         if result.ok and (poll.expect is None or result.stdout.strip() == poll.expect):
             return
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= next_note:
+            remote.console(f"   ... still waiting ({now - started:.0f}s of {poll.timeout:g}s)")
+            next_note += PROGRESS_EVERY
+        if now >= deadline:
             seen = tail(result, 5) if not result.ok else [f"answered {result.stdout.strip()[:80]!r}, expected {poll.expect!r}"]
             raise StepFailed(f"{remote.host}: not ready after {poll.timeout:g}s", [remote.console.mask(s) for s in seen])
         _check_interrupt(remote)

@@ -101,9 +101,9 @@ def parse(output: str) -> HostState:
         elif key == "release":
             fields["releases"].append(value)
         elif key == "lock":
-            fields["lock"] = _json(value) or {"raw": value}
+            fields["lock"] = json_object(value) or {"raw": value}
         elif key == "history":
-            entry = _json(value)
+            entry = json_object(value)
             if entry:
                 fields["history"].append(entry)
         elif key == "systemd":
@@ -122,7 +122,8 @@ def parse(output: str) -> HostState:
     return HostState(**fields)
 
 
-def _json(text: str):
+def json_object(text: str) -> dict | None:
+    """A JSON object from one line of remote output, or None for anything else."""
     try:
         value = json.loads(text)
     except ValueError:

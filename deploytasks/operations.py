@@ -5,7 +5,6 @@ first failure stops the rollout, so a bad release reaches one host at most.
 """
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,9 +14,9 @@ from . import containers, history, lock, maintenance, processes, registry, relea
 from .config import Config
 from .connection import connect
 from .console import Console
-from .errors import ConfigError, DeployError, StepFailed
+from .errors import ConfigError, ConnectError, DeployError, StepFailed
 from .executor import Remote, execute, interruptible
-from .facts import HostState, parse, read_command, release_sha
+from .facts import HostState, json_object, parse, read_command, release_sha
 from .layout import Layout
 from .plan import Plan
 
@@ -61,7 +60,7 @@ def locked(remote: Remote, layout: Layout, task: str, sha: str | None, force_unl
     info = lock.owner(task, sha)
     result = remote.run(lock.acquire_argv(layout, info))
     if result.exited == lock.HELD_EXIT:
-        holder = _json(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "")
+        holder = json_object(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "")
         raise lock.held_error(remote.host, holder, time.time())
     if not result.ok:
         raise StepFailed(f"{remote.host}: cannot take the deploy lock: {result.stderr.strip()[:200]}")
@@ -103,11 +102,12 @@ def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = T
 def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dry_run: bool = False,
              force_unlock: bool = False, echo: Callable[[str], None] = print) -> dict[str, str]:
     """Without `to`: back to the colour that served before. With `to`: redeploy an earlier SHA
-    from history, without migrations unless asked."""
+    from history, without migrations unless asked (process releases reuse what they can)."""
     if to:
-        to = source.resolve(target.config, check_sha(to)) if target.config.mode == "processes" else check_sha(to)
+        is_process = target.config.mode == "processes"
+        to = source.resolve(target.config, check_sha(to)) if is_process else check_sha(to)
         return deploy(target, to, dry_run=dry_run, migrate=migrate, force_unlock=force_unlock,
-                      kind="rollback", echo=echo)
+                      kind="rollback", fast=is_process, echo=echo)
     plans = processes if target.config.mode == "processes" else containers
     return _each_host(target, "rollback", None, lambda state: plans.rollback(target.config, state),
                       dry_run=dry_run, force_unlock=force_unlock, echo=echo)
@@ -169,12 +169,22 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
     return plan.sha
 
 
-def status(target: Target, echo: Callable[[str], None] = print) -> None:
+def status(target: Target) -> None:
+    """Every host's state; a host that cannot be read is reported and the others still shown."""
     layout = Layout.of(target.config)
+    unreachable = []
     for host in target.hosts:
-        with session(target, host) as remote:
-            for line in describe_state(target.config, read_state(remote, layout)):
-                remote.console(line)
+        try:
+            with session(target, host) as remote:
+                for line in describe_state(target.config, read_state(remote, layout)):
+                    remote.console(line)
+        except ConnectError as error:
+            if len(target.hosts) == 1:
+                raise
+            Console(host)(f"cannot read: {error}")
+            unreachable.append(host)
+    if unreachable:
+        raise ConnectError(f"{len(unreachable)} of {len(target.hosts)} host(s) could not be read", unreachable)
 
 
 def describe_state(config: Config, state: HostState) -> list[str]:
@@ -202,10 +212,3 @@ def describe_state(config: Config, state: HostState) -> list[str]:
         lines.extend("  " + history.format_line(record) for record in state.history[-5:])
     return lines
 
-
-def _json(text: str):
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
