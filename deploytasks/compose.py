@@ -11,12 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config
-from .layout import CONTAINER_RUN_DIR, Layout
+from .config import Config, compose_model
+from .layout import APP_ENV, CONTAINER_RUN_DIR, Layout
 
 OVERLAY = "compose.deploy.yml"
 INTERPOLATION_ENV = "compose.env"
-APP_ENV = "app.env"
 
 
 class _Reset(list):
@@ -31,14 +30,7 @@ _Dumper.add_representer(_Reset, lambda dumper, data: dumper.represent_sequence("
 
 
 def model(config: Config) -> dict:
-    """The team's compose files merged at top level: enough to know services, volumes, networks."""
-    merged: dict = {"services": {}, "volumes": {}, "networks": {}}
-    for path in config.compose_files:
-        data = yaml.safe_load(path.read_text()) or {}
-        for key in merged:
-            for name, spec in (data.get(key) or {}).items():
-                merged[key].setdefault(name, {}).update(spec or {})
-    return merged
+    return compose_model(config.compose_files)
 
 
 def release_files(config: Config) -> dict[str, bytes]:
@@ -59,9 +51,9 @@ def overlay(config: Config, compose: dict, layout: Layout, release_dir: str, sha
         environment = {"DEPLOY_SHA": sha, "DEPLOY_COLOUR": colour, "DEPLOY_ENV": config.env}
         if service == config.web_service:
             environment["APP_SOCKET"] = f"{CONTAINER_RUN_DIR}/{layout.web}.sock"
-            environment["GUNICORN_CMD_ARGS"] = (
-                f"--bind=unix:{CONTAINER_RUN_DIR}/{layout.web}.sock --graceful-timeout={int(config.drain_timeout)}"
-            )
+            ours = f"--bind=unix:{CONTAINER_RUN_DIR}/{layout.web}.sock --graceful-timeout={int(config.drain_timeout)}"
+            theirs = _environment(spec).get("GUNICORN_CMD_ARGS") or config.app_env.get("GUNICORN_CMD_ARGS", "")
+            environment["GUNICORN_CMD_ARGS"] = f"{theirs} {ours}".strip()  # later options win in gunicorn
         override = {
             "image": f"{config.images[service]}:{sha}",
             "env_file": [f"{release_dir}/{APP_ENV}"],
@@ -72,6 +64,8 @@ def overlay(config: Config, compose: dict, layout: Layout, release_dir: str, sha
         }
         if spec.get("ports"):
             override["ports"] = _Reset()
+        if spec.get("container_name"):
+            override["container_name"] = _Reset()  # two colours cannot share one name
         services[service] = override
     networks = {n: {"name": name, "external": True} for n, name in shared_networks(config, compose).items()}
     volumes = {
@@ -84,6 +78,14 @@ def overlay(config: Config, compose: dict, layout: Layout, release_dir: str, sha
         document["volumes"] = volumes
     header = f"# Rendered by deploytasks for {config.app_name} {sha} ({colour}); do not edit.\n"
     return header + yaml.dump(document, Dumper=_Dumper, sort_keys=False)
+
+
+def _environment(spec: dict) -> dict[str, str]:
+    """A service's `environment:`, whether written as a mapping or as a list of KEY=VALUE."""
+    environment = spec.get("environment") or {}
+    if isinstance(environment, dict):
+        return {k: str(v) for k, v in environment.items() if v is not None}
+    return dict(item.split("=", 1) for item in environment if "=" in item)
 
 
 def interpolation_env(config: Config, sha: str, colour: str) -> str:

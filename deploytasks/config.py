@@ -5,6 +5,7 @@ opens: a deploy that fails on its fifth typo one SSH round trip at a time wastes
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -18,7 +19,9 @@ from .errors import ConfigError
 
 ENV_DIR = "envs"
 MODES = ("containers", "processes")
-SECRET_KEY_PATTERN = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|CREDENTIAL|PRIVATE", re.I)
+SECRET_KEY_PATTERN = re.compile(r"SECRET|PASS|TOKEN|KEY|CREDENTIAL|PRIVATE|DSN|AUTH|SALT|COOKIE", re.I)
+URL_PASSWORD = re.compile(r"://[^/:@\s]+:([^/@\s]+)@")  # postgres://user:PASSWORD@host
+SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; nginx adds "unix:" and the socket name
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -74,6 +77,7 @@ KEYS: dict[str, str | None] = {
 }
 SUPERVISORS = ("auto", "systemd", "pidfile")
 REL_PATH_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
+RESERVED_IN_RELEASE = ("app.env", ".venv", ".deploytasks", "nginx", "RELEASE.json")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.()]*$")
 
 
@@ -114,8 +118,9 @@ class Config:
     processes: "ProcessConfig | None" = None
 
     def secrets(self) -> list[str]:
-        """Values never to print: every app env value whose key looks secret."""
-        return [v for k, v in self.app_env.items() if v and SECRET_KEY_PATTERN.search(k)]
+        """Values never to print: app env values whose key looks secret, and passwords in URLs."""
+        values = [v for k, v in self.app_env.items() if v and SECRET_KEY_PATTERN.search(k)]
+        return values + [m for v in self.app_env.values() for m in URL_PASSWORD.findall(v)]
 
 
 @dataclass(frozen=True)
@@ -224,12 +229,35 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
         migrate_command=v.command("MIGRATE_COMMAND"),
         keep_releases=v.integer("KEEP_RELEASES", 2, 100),
         app_env=app_env,
-        maintenance_allow=v.list("MAINTENANCE_ALLOW", CIDR_RE, "IP addresses or CIDR ranges"),
+        maintenance_allow=_networks(v.list("MAINTENANCE_ALLOW", CIDR_RE, "IP addresses or CIDR ranges"), problems),
         processes=_processes(root, v, problems) if mode == "processes" else None,
     )
+    _check_consistency(config, problems)
     if problems:
         raise ConfigError(f"{env_file(root, env).relative_to(root) if root else env}: {len(problems)} problem(s)", problems)
     return config
+
+
+def _networks(values: tuple[str, ...], problems: list[str]) -> tuple[str, ...]:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            problems.append(f"MAINTENANCE_ALLOW: {value!r} is not an IP address or CIDR range")
+    return values
+
+
+def _check_consistency(config: "Config", problems: list[str]) -> None:
+    """Problems between keys, that nginx or the kernel would only report after connecting."""
+    if len(set(config.hosts)) != len(config.hosts):
+        problems.append("HOSTS: a host is listed twice")
+    paths = {"HEALTH_PATH": config.health_path, "READY_PATH": config.ready_path, "VERSION_PATH": config.version_path}
+    if len(set(paths.values())) != len(paths):
+        problems.append("HEALTH_PATH, READY_PATH, VERSION_PATH: must be three different paths")
+    socket = f"{config.deploy_path}/run/green/{config.web_service or 'web'}.sock"
+    if len(socket) > SOCKET_PATH_MAX:
+        problems.append(f"DEPLOY_PATH: too long for a unix socket path ({socket} is {len(socket)} bytes, "
+                        f"at most {SOCKET_PATH_MAX})")
 
 
 def _processes(root: Path, v: "_Validator", problems: list[str]) -> ProcessConfig:
@@ -239,11 +267,11 @@ def _processes(root: Path, v: "_Validator", problems: list[str]) -> ProcessConfi
         problems.append(f"SOURCE_REPO: {repo} is not a git repository")
     relative = ("SOURCE_PATH", "REQUIREMENTS", "BUILD_OUTPUT")
     paths = {key: v.match(key, REL_PATH_RE, "a relative path without '..'") for key in relative}
-    for key, value in paths.items():
-        if ".." in value.split("/"):
-            problems.append(f"{key}: {value!r} must not contain '..'")
     inputs = v.list("BUILD_INPUTS", REL_PATH_RE, "relative paths")
     shared = v.list("SHARED_PATHS", REL_PATH_RE, "relative paths")
+    reserved = [p for p in shared if p.split("/")[0] in RESERVED_IN_RELEASE]
+    if reserved:
+        problems.append(f"SHARED_PATHS: {', '.join(reserved)} would replace what deploytasks writes into a release")
     build = v.command("BUILD_COMMAND")
     if build and not paths["BUILD_OUTPUT"]:
         problems.append("BUILD_OUTPUT: required with BUILD_COMMAND (what the build produces, reused by --fast)")
@@ -355,27 +383,35 @@ def _images(raw: dict[str, str], stateless: tuple[str, ...], problems: list[str]
     return images
 
 
-def compose_services(files: tuple[Path, ...]) -> tuple[set[str], list[str]]:
-    """The service names the compose files define, and the files that could not be read."""
-    services: set[str] = set()
-    problems = []
+def compose_model(files: tuple[Path, ...], problems: list[str] | None = None) -> dict:
+    """The team's compose files merged at top level: services, volumes, networks. Files that
+    cannot be read are reported in `problems` (or raise, without it)."""
+    merged: dict = {"services": {}, "volumes": {}, "networks": {}}
     for path in files:
         try:
             data = yaml.safe_load(path.read_text()) or {}
-            services.update((data.get("services") or {}).keys())
+            for key in merged:
+                for name, spec in (data.get(key) or {}).items():
+                    merged[key].setdefault(name, {}).update(spec or {})
         except (OSError, yaml.YAMLError, AttributeError) as exc:
+            if problems is None:
+                raise
             problems.append(f"COMPOSE_FILES: cannot read {path}: {str(exc).splitlines()[0]}")
-    return services, problems
+    return merged
 
 
 def _check_compose(files, stateless, stateful, problems) -> None:
     if not files:
         problems.append("COMPOSE_FILES: empty (required for MODE=containers)")
         return
-    services, read_problems = compose_services(files)
+    read_problems: list[str] = []
+    model = compose_model(files, read_problems)
     problems.extend(read_problems)
     if read_problems:
         return
+    services = set(model["services"])
+    for name in stateless:
+        problems.extend(_blue_green_problems(name, model["services"].get(name) or {}))
     for key, names in (("STATELESS_SERVICES", stateless), ("STATEFUL_SERVICES", stateful)):
         unknown = [n for n in names if n not in services]
         if unknown:
@@ -383,6 +419,26 @@ def _check_compose(files, stateless, stateful, problems) -> None:
     unclassified = sorted(services - set(stateless) - set(stateful))
     if unclassified:
         problems.append(f"STATEFUL_SERVICES: compose service {', '.join(map(repr, unclassified))} is neither stateless nor stateful")
+
+
+def _blue_green_problems(name: str, spec: dict) -> list[str]:
+    """What in a stateless service cannot run twice side by side, or cannot travel in a release."""
+    found = []
+    replicas = (spec.get("deploy") or {}).get("replicas") or spec.get("scale") or 1
+    if str(replicas).isdigit() and int(replicas) > 1:
+        found.append(f"{name}: replicas {replicas}: each colour runs one container per service "
+                     "(use gunicorn workers for concurrency)")
+    for volume in spec.get("volumes") or []:
+        source = volume.get("source", "") if isinstance(volume, dict) else str(volume).split(":")[0]
+        if source.startswith((".", "~")):
+            found.append(f"{name}: bind mount {source!r} is relative to the repository: only the compose files "
+                         "are uploaded; bake the files into the image or use an absolute host path")
+    env_files = spec.get("env_file") or []
+    for env_file in [env_files] if isinstance(env_files, (str, dict)) else env_files:
+        path = env_file.get("path", "") if isinstance(env_file, dict) else env_file
+        if not str(path).startswith("/"):
+            found.append(f"{name}: env_file {path!r} is not uploaded; use APP_ENV_FILE")
+    return [f"COMPOSE_FILES: service {problem}" for problem in found]
 
 
 def _app_env(root: Path, file: str, passthrough: list[str], environ, problems: list[str]) -> dict[str, str]:

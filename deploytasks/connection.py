@@ -14,6 +14,8 @@ from fabric import Connection
 from .config import Config
 from .errors import ConnectError
 
+KEEPALIVE_SECONDS = 15  # notice a dead connection instead of waiting on it forever
+
 
 def connect(config: Config, host: str, *, accept_new_host_key: bool = False) -> Connection:
     fabric_config = FabricConfig(overrides={
@@ -45,22 +47,30 @@ def connect(config: Config, host: str, *, accept_new_host_key: bool = False) -> 
     except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConnectError(f"{where}: unreachable: {reason}") from None
+    conn.transport.set_keepalive(KEEPALIVE_SECONDS)
     return conn
+
+
+class _AppendNewKey(paramiko.MissingHostKeyPolicy):
+    """--accept-new-host-key: add the one new line to KNOWN_HOSTS, leaving the rest of the file
+    as it is (paramiko's AutoAddPolicy rewrites it and drops lines it cannot parse)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key):
+        with open(self.path, "a") as known:
+            known.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
 def _check_host_keys(conn: Connection, config: Config, accept_new: bool) -> None:
     """Trust exactly KNOWN_HOSTS (not ~/.ssh/known_hosts as well); add to it only when asked."""
     client = paramiko.SSHClient()
-    if accept_new:
-        open(config.known_hosts, "a").close()
-        client.load_host_keys(config.known_hosts)  # AutoAddPolicy saves the new key into this file
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    else:
-        try:
-            client.load_host_keys(config.known_hosts)
-        except FileNotFoundError:
-            pass  # no file: every key is unknown, and refused below
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        client.load_system_host_keys(config.known_hosts)  # read only: never rewritten
+    except FileNotFoundError:
+        pass  # no file: every key is unknown
+    client.set_missing_host_key_policy(_AppendNewKey(config.known_hosts) if accept_new else paramiko.RejectPolicy())
     conn.client = client
 
 

@@ -17,9 +17,9 @@ import posixpath
 from . import compose, maintenance, nginx, traffic
 from .config import Config
 from .facts import HostState, release_sha
-from .layout import Layout, other
-from .plan import Cmd, Plan, Put, Step, cmd
-from .releases import cleanup_step, prepare_step
+from .layout import APP_ENV, Layout, other
+from .plan import Cmd, Plan, Put, Step, cmd, sh
+from .releases import cleanup_step, prepare_step, to_delete
 
 
 class _Colour:
@@ -42,9 +42,12 @@ class _Colour:
         services = self.config.stateless
         flags = ("--force-recreate",) if recreate else ()
         undo = self("rm", "-f", "-s", *services) if recreate else self("stop", "-t", "5", *services)
+        # a recreated colour binds a fresh socket; one still running (a rollback after a failed
+        # drain) keeps listening on the one it has
+        fresh_socket = (cmd("rm", "-f", Layout.of(self.config).socket(self.colour)),) if recreate else ()
         return Step(
             f"start {self.colour}",
-            (cmd("rm", "-f", Layout.of(self.config).socket(self.colour)),
+            (*fresh_socket,
              self("up", "-d", "--no-deps", *flags, "--wait", "--wait-timeout",
                   str(int(self.config.health_timeout)), *services)),
             undo=(undo,),
@@ -82,16 +85,19 @@ def deploy(config: Config, state: HostState, sha: str, release: str, *, migrate:
     migration = [Step("migrate", (new("run", "--rm", "--no-deps", "-T", config.web_service,
                                       *config.migrate_command, stream=True),))] if migrate and config.migrate_command else []
     if window:
-        steps.append(new.start(recreate=True))  # boots outside the window; ready only after the migration
-        steps.append(maintenance.window_on_step(config, live))
+        # the new colour boots outside the window (ready only after the migration); a window the
+        # operator opened before the deploy stays open after it
+        own_window = not state.maintenance
+        steps.append(new.start(recreate=True))
+        steps += [maintenance.window_on_step(config, live)] if own_window else []
         if old:
             steps.append(Step(f"stop {old.colour}", (old.stop(),), undo=(old("up", "-d", "--no-deps", "--wait", *config.stateless),)))
         steps += [*migration, new.ready(), traffic.switch(config, state, new.colour, release),
-                  maintenance.off_step(config), traffic.verify(config, sha)]
+                  *([maintenance.off_step(config)] if own_window else []), traffic.verify(config, sha)]
     else:
         steps += [*migration, new.start(recreate=True), new.ready(),
                   *traffic.switch_over(config, state, new.colour, release, sha, (old.stop(),) if old else ())]
-    steps.append(cleanup_step(layout, state, config.keep_releases, keep=(release,)))
+    steps.append(_cleanup(config, state, release))
     return Plan(kind, sha, tuple(steps), {"colour": new.colour, "release": release,
                                           "previous": release_sha(state.release_of(live)), "window": window})
 
@@ -108,6 +114,17 @@ def rollback(config: Config, state: HostState) -> Plan:
                                                 "previous": release_sha(state.release_of(state.live))})
 
 
+def _cleanup(config: Config, state: HostState, release: str) -> Step:
+    """Old releases, and their images unless a kept release uses them (in use: docker refuses)."""
+    doomed = to_delete(state, config.keep_releases, (release,))
+    kept = {release_sha(r) for r in {*state.releases, release} - set(doomed)}
+    images = sorted(f"{config.images[service]}:{sha}" for sha in {release_sha(r) for r in doomed} - kept
+                    for service in config.stateless)
+    step = cleanup_step(Layout.of(config), state, config.keep_releases, keep=(release,))
+    prune = (cmd(*sh('docker image rm "$@" >/dev/null 2>&1; true', *images)),) if images else ()
+    return Step(step.name, (*step.actions, *prune), best_effort=True)
+
+
 def _upload_step(files: tuple[Put, ...]) -> Step:
     folders = sorted({posixpath.dirname(put.path) for put in files})
     return Step("upload release", (cmd("mkdir", "-p", *folders), *files))
@@ -118,7 +135,7 @@ def _uploads(config, model, layout, release_dir, sha, colour) -> tuple[Put, ...]
     files += [
         Put(f"{release_dir}/{compose.OVERLAY}", compose.overlay(config, model, layout, release_dir, sha, colour).encode()),
         Put(f"{release_dir}/{compose.INTERPOLATION_ENV}", compose.interpolation_env(config, sha, colour).encode()),
-        Put(f"{release_dir}/{compose.APP_ENV}", compose.app_env(config.app_env).encode(), mode=0o600, secret=True),
+        Put(f"{release_dir}/{APP_ENV}", compose.app_env(config.app_env).encode(), mode=0o600, secret=True),
         Put(f"{release_dir}/RELEASE.json", (json.dumps({"sha": sha, "colour": colour, "env": config.env}) + "\n").encode()),
     ]
     return tuple(files)

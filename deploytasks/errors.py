@@ -25,7 +25,9 @@ class StepFailed(DeployError):
     """A remote step failed; the old version is still serving. `completed`: the steps that had
     finished (and were undone) before it."""
 
-    completed: list[str] = []
+    def __init__(self, message: str, details: list[str] | None = None):
+        super().__init__(message, details)
+        self.completed: list[str] = []
 
 
 class LockHeld(DeployError):

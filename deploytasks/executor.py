@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import shlex
 import signal
+import sys
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import invoke
+import paramiko
 from fabric import Connection
 
 from .console import Console
@@ -32,12 +35,24 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
 
 
+class Interrupt:
+    """Set by Ctrl-C or SIGTERM: the running command finishes, then the plan is undone and the
+    rollout stops before the next host. A second Ctrl-C aborts at once (the lock is then kept)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __bool__(self) -> bool:
+        return self.requested
+
+
+
 class Remote:
     """One host behind one SSH connection, reused by every command of a task."""
 
-    def __init__(self, conn: Connection, console: Console):
+    def __init__(self, conn: Connection, console: Console, interrupt: Interrupt | None = None):
         self.conn, self.console = conn, console
-        self.interrupted = False
+        self.interrupt = interrupt if interrupt is not None else Interrupt()
 
     @property
     def host(self) -> str:
@@ -88,10 +103,13 @@ def execute(remote: Remote, plan: Plan) -> Outcome:
         started = time.monotonic()
         remote.console(f"-> {step.name}")
         try:
-            for action in step.actions:
-                if not step.best_effort:  # past the switch, finishing is safer than undoing
-                    _check_interrupt(remote)
-                _perform(remote, action)
+            try:
+                for action in step.actions:
+                    if not step.best_effort:  # past the switch, finishing is safer than undoing
+                        _check_interrupt(remote)
+                    _perform(remote, action)
+            except (OSError, EOFError, paramiko.SSHException, invoke.exceptions.Failure) as error:
+                raise StepFailed(f"{remote.host}: {step.name}: {type(error).__name__}: {error}") from error
         except StepFailed as failure:
             if step.best_effort:
                 outcome.warnings.append(f"{step.name}: {failure}")
@@ -130,7 +148,7 @@ def _poll(remote: Remote, poll: Poll) -> None:
     deadline, next_note = started + poll.timeout, started + PROGRESS_EVERY
     while True:
         result = remote.run(poll.argv)
-        if result.ok and (poll.expect is None or result.stdout.strip() == poll.expect):
+        if result.ok and (poll.expect is None or poll.matches(result.stdout.strip())):
             return
         now = time.monotonic()
         if now >= next_note:
@@ -145,44 +163,53 @@ def _poll(remote: Remote, poll: Poll) -> None:
 
 def _diagnose(remote: Remote, step: Step) -> None:
     for action in step.diagnose:
-        result = remote.run(action.argv)
+        result = _try(remote, action)
         remote.console(f"   | $ {action}"[:160])
-        for line in tail(result, 40):
-            remote.console(f"   | {line}")
+        for line in tail(result, 40) if result else ["(could not run)"]:
+            remote.console(f"   | {remote.console.mask(line)}")
 
 
 def _undo(remote: Remote, steps: list[Step]) -> None:
+    """Every undo runs, whatever the ones before it did."""
     undos = [action for step in reversed(steps) for action in step.undo]
     if undos:
-        remote.console("<- undoing: the previous version keeps serving")
+        remote.console("<- undoing what this plan changed")
     for action in undos:
-        result = remote.run(action.argv)
-        if not result.ok:
-            remote.console(f"   ! undo `{action}` failed: {' '.join(tail(result, 2))}")
+        result = _try(remote, action)
+        if not result or not result.ok:
+            reason = " ".join(tail(result, 2)) if result else "the connection failed"
+            remote.console(f"   ! undo `{remote.console.mask(str(action))[:160]}` failed: {reason}")
+
+
+def _try(remote: Remote, action: Cmd):
+    try:
+        return remote.run(action.argv)
+    except (OSError, EOFError, paramiko.SSHException, invoke.exceptions.Failure):
+        return None
 
 
 def _check_interrupt(remote: Remote) -> None:
-    if remote.interrupted:
+    if remote.interrupt:
         raise Interrupted(f"{remote.host}: interrupted (Ctrl-C)")
 
 
 @contextmanager
-def interruptible(remote: Remote):
-    """Ctrl-C (or SIGTERM) lets the running command finish, then undoes what the plan did and
-    releases the lock; a second one aborts at once."""
+def interruptible():
+    interrupt = Interrupt()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield interrupt
         return
 
     def handler(signum, frame):
-        if remote.interrupted:
+        if interrupt.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        remote.interrupted = True
-        remote.console("! interrupted: finishing the current command, then undoing (Ctrl-C again to abort now)")
+        interrupt.requested = True
+        print("! interrupted: finishing the current command, then undoing (Ctrl-C again to abort now)",
+              file=sys.stderr, flush=True)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield interrupt
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import time
 
+from . import shas
 from .layout import Layout
 from .plan import sh
 
@@ -36,6 +37,10 @@ def last_good(history: tuple[dict, ...] | list[dict]) -> list[str]:
         if record.get("outcome") == "ok" and sha and sha not in seen:
             seen.append(sha)
     return seen
+
+
+def served(history: tuple[dict, ...] | list[dict], sha: str) -> bool:
+    return any(shas.same(sha, good) for good in last_good(history))
 
 
 def format_line(record: dict) -> str:

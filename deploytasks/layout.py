@@ -17,6 +17,7 @@ from .config import Config
 
 COLOURS = ("blue", "green")
 CONTAINER_RUN_DIR = "/run/deploytasks"  # where a container sees its colour's run directory
+APP_ENV = "app.env"  # the app's runtime variables in each release (mode 0600)
 
 
 def other(colour: str | None) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import socket
 import time
 import uuid
@@ -34,12 +35,20 @@ _RELEASE = r"""grep -qF "$2" "$1/info.json" 2>/dev/null && rm -rf "$1"; true"""
 def owner(task: str, sha: str | None) -> dict:
     return {
         "token": uuid.uuid4().hex,
-        "user": getpass.getuser(),
+        "user": _user(),
         "from": socket.gethostname(),
         "task": task,
         "sha": sha,
         "since": int(time.time()),
     }
+
+
+def _user() -> str:
+    """Who deploys: the login name, or the uid in CI containers that have none."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
 
 
 def acquire_argv(layout: Layout, info: dict) -> tuple[str, ...]:

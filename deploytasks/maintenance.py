@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import nginx
 from .config import Config
+from .facts import HostState
 from .layout import Layout
 from .plan import Plan, Poll, Step, cmd, sh
 
@@ -30,19 +31,19 @@ exit 1
 
 def public_status_probe(config: Config, path: str = "/") -> tuple[str, ...]:
     """What nginx answers a visitor, as an HTTP status code on stdout."""
-    return ("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
-            f"http://127.0.0.1:{config.nginx_listen}{path}")
+    return nginx.probe(config, path, "-s", "-o", "/dev/null", "-w", "%{http_code}")
 
 
-def on_step(config: Config) -> Step:
-    return Step(ON_STEP, (cmd("touch", Layout.of(config).maintenance_flag),
-                          Poll(public_status_probe(config), 10, 0.2, expect=STATUS)),
-                undo=(cmd("rm", "-f", Layout.of(config).maintenance_flag),))
+def on_step(config: Config, already_on: bool = False) -> Step:
+    """Set the flag and see the 503 through nginx; undo clears it unless it was on before."""
+    flag = Layout.of(config).maintenance_flag
+    return Step(ON_STEP, (cmd("touch", flag), Poll(public_status_probe(config), 10, 0.2, expect=STATUS)),
+                undo=() if already_on else (cmd("rm", "-f", flag),))
 
 
 def off_step(config: Config) -> Step:
-    return Step(OFF_STEP, (cmd("rm", "-f", Layout.of(config).maintenance_flag),),
-                undo=(cmd("touch", Layout.of(config).maintenance_flag),))
+    flag = Layout.of(config).maintenance_flag
+    return Step(OFF_STEP, (cmd("rm", "-f", flag),), undo=(cmd("touch", flag),))
 
 
 def window_on_step(config: Config, old_colour: str | None) -> Step:
@@ -53,12 +54,12 @@ def window_on_step(config: Config, old_colour: str | None) -> Step:
     return Step(ON_STEP, on_step(config).actions, undo=undo)
 
 
-def toggle(config: Config, on: bool) -> Plan:
+def toggle(config: Config, state: HostState, on: bool) -> Plan:
     """maintenance-on / maintenance-off: make sure the site is installed, then set or clear the flag."""
     layout = Layout.of(config)
     prepare = Step("prepare", (cmd("mkdir", "-p", layout.state, layout.nginx_dir),))
     site = nginx.install_step(config, f"{layout.nginx_dir}/site.conf")
-    steps = (prepare, site, on_step(config)) if on else (prepare, site, off_step(config))
+    steps = (prepare, site, on_step(config, state.maintenance) if on else off_step(config))
     return Plan("maintenance-on" if on else "maintenance-off", "", steps)
 
 

@@ -1,8 +1,8 @@
 """The host's nginx: render the site from nginx/ templates and install it only when it changed.
 
-A new site file is validated with `nginx -t` before the running nginx can see it, and the old
-file comes back if validation fails. Deploys that do not change the site never reload nginx:
-the colour switch happens underneath it (see the template).
+A new site file is validated with `nginx -t` and nginx is reloaded only if it passes; if it
+fails, the previous file is put back before anything reloads nginx. Deploys that do not change
+the site never reload nginx: the colour switch happens underneath it (see the template).
 """
 from __future__ import annotations
 
@@ -37,8 +37,11 @@ def site(config: Config) -> str:
         "allow": "".join(f"    {cidr} 1;\n" for cidr in config.maintenance_allow).rstrip("\n"),
         "listen": config.nginx_listen,
         "server_name": config.server_name,
+        "default_server": " default_server" if config.server_name == "_" else "",
         "health_path": config.health_path,
         "ready_path": config.ready_path,
+        "version_path": config.version_path,
+        "nginx_dir": layout.nginx_dir,
         "maintenance_flag": layout.maintenance_flag,
         "retry_after": RETRY_AFTER_SECONDS,
         "maintenance_page": _nginx_string((config.root / MAINTENANCE_PAGE).read_text(), config),
@@ -55,23 +58,42 @@ def _variable_prefix(config: Config) -> str:
     return config.app_name.replace("-", "_")
 
 
+def probe_host(config: Config) -> str:
+    """The Host header our own checks send, so they reach this site and not another one."""
+    return next((n for n in config.server_name.split() if n != "_" and "*" not in n), "localhost")
+
+
+def probe(config: Config, path: str, *curl_options: str) -> tuple[str, ...]:
+    """A request through the host's nginx to this site, as a visitor makes it."""
+    return ("curl", *curl_options, "--max-time", "5", "-H", f"Host: {probe_host(config)}",
+            f"http://127.0.0.1:{config.nginx_listen}{path}")
+
+
 def site_path(config: Config) -> str:
     return f"{config.nginx_site_dir}/{config.app_name}.conf"
 
 
 _INSTALL = r"""
 new=$1; live=$2; previous=$3; conf=$4
+rm -f "$previous"
 cmp -s "$new" "$live" && { echo "site unchanged: no reload"; exit 0; }
-if [ -f "$live" ]; then cp -p "$live" "$previous"; else rm -f "$previous"; fi
-cp "$new" "$live.tmp" && mv -fT "$live.tmp" "$live"
+if [ -f "$live" ]; then cp -p "$live" "$previous" || exit 1; fi
+cp "$new" "$live.tmp" && mv -fT "$live.tmp" "$live" || exit 1
+restore() { if [ -f "$previous" ]; then mv -fT "$previous" "$live"; else rm -f "$live"; fi; }
 if ! out=$(nginx -t -c "$conf" 2>&1); then
-    if [ -f "$previous" ]; then mv -fT "$previous" "$live"; else rm -f "$live"; fi
+    restore
     echo "$out" >&2
     echo "nginx -t rejected the new site; the previous site file is back and nginx was not reloaded" >&2
     exit 1
 fi
-rm -f "$previous"
-nginx -s reload -c "$conf" && echo "site installed, nginx reloaded"
+if ! nginx -s reload -c "$conf"; then restore; echo "nginx reload failed; the previous site file is back" >&2; exit 1; fi
+echo "site installed, nginx reloaded"
+"""
+
+_RESTORE = r"""
+live=$1; previous=$2; conf=$3
+[ -f "$previous" ] || exit 0
+mv -fT "$previous" "$live" && nginx -s reload -c "$conf" && echo "previous nginx site restored"
 """
 
 
@@ -79,12 +101,15 @@ def install_step(config: Config, rendered_path: str) -> Step:
     """Render the site to `rendered_path` and install it, unless the installed one is identical.
 
     The site does not name a colour, so it changes only with the configuration: most deploys
-    skip the reload (and the keep-alive resets every reload causes)."""
+    skip the reload (and the keep-alive resets every reload causes). Undo puts the previous
+    site back if this step replaced it."""
+    previous = f"{config.nginx_site_dir}/.{config.app_name}.conf.previous"
     return Step(
         "nginx site",
         (
+            cmd("mkdir", "-p", f"{Layout.of(config).nginx_dir}/site.d"),
             Put(rendered_path, site(config).encode()),
-            cmd(*sh(_INSTALL, rendered_path, site_path(config),
-                    f"{config.nginx_site_dir}/.{config.app_name}.conf.previous", config.nginx_conf)),
+            cmd(*sh(_INSTALL, rendered_path, site_path(config), previous, config.nginx_conf)),
         ),
+        undo=(cmd(*sh(_RESTORE, site_path(config), previous, config.nginx_conf)),),
     )

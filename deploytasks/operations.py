@@ -10,12 +10,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import containers, history, lock, maintenance, processes, registry, releases, source
+from . import containers, history, lock, maintenance, processes, registry, releases, shas, source
 from .config import Config
 from .connection import connect
 from .console import Console
 from .errors import ConfigError, ConnectError, DeployError, StepFailed
-from .executor import Remote, execute, interruptible
+from .executor import Interrupt, Interrupted, Remote, execute, interruptible
 from .facts import HostState, json_object, parse, read_command, release_sha
 from .layout import Layout
 from .plan import Plan
@@ -30,17 +30,10 @@ class Target:
     accept_new_host_key: bool = False
 
 
-def check_sha(sha: str) -> str:
-    sha = (sha or "").strip().lower()
-    if not releases.SHA_RE.match(sha):
-        raise ConfigError(f"--sha {sha!r} is not a git SHA (7 to 40 hex characters)")
-    return sha
-
-
 @contextmanager
-def session(target: Target, host: str):
+def session(target: Target, host: str, interrupt: Interrupt | None = None):
     console = Console(host, target.config.secrets())
-    remote = Remote(connect(target.config, host, accept_new_host_key=target.accept_new_host_key), console)
+    remote = Remote(connect(target.config, host, accept_new_host_key=target.accept_new_host_key), console, interrupt)
     try:
         yield remote
     finally:
@@ -53,7 +46,8 @@ def read_state(remote: Remote, layout: Layout) -> HostState:
 
 @contextmanager
 def locked(remote: Remote, layout: Layout, task: str, sha: str | None, force_unlock: bool = False):
-    """Hold the host's deploy lock for the block; released on every way out, Ctrl-C included."""
+    """Hold the host's deploy lock for the block; released on every way out but a hard abort
+    (a second Ctrl-C), where the host may still be running a command."""
     if force_unlock:
         remote.check(lock.force_release_argv(layout), "removing the deploy lock")
         remote.console("! deploy lock removed (--force-unlock)")
@@ -64,10 +58,17 @@ def locked(remote: Remote, layout: Layout, task: str, sha: str | None, force_unl
         raise lock.held_error(remote.host, holder, time.time())
     if not result.ok:
         raise StepFailed(f"{remote.host}: cannot take the deploy lock: {result.stderr.strip()[:200]}")
+    aborted = False
     try:
         yield info
+    except KeyboardInterrupt:
+        aborted = True
+        remote.console("! aborted mid-step: the deploy lock is kept, as the host may be half-way through a "
+                       "command; check `status`, then rerun with --force-unlock")
+        raise
     finally:
-        remote.run(lock.release_argv(layout, info))
+        if not aborted:
+            remote.run(lock.release_argv(layout, info))
 
 
 def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = True, force_unlock: bool = False,
@@ -76,7 +77,7 @@ def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = T
     """Deploy `sha` to every host of the target; returns host -> SHA now serving. `window`:
     switch inside a maintenance window (for migrations the old version cannot run beside).
     `fast` (process releases): reuse dependencies and builds whose inputs did not change."""
-    sha = check_sha(sha)
+    sha = shas.check(sha)
     config = target.config
     if config.mode == "processes":
         if window:
@@ -105,7 +106,7 @@ def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dr
     from history, without migrations unless asked (process releases reuse what they can)."""
     if to:
         is_process = target.config.mode == "processes"
-        to = source.resolve(target.config, check_sha(to)) if is_process else check_sha(to)
+        to = source.resolve(target.config, shas.check(to)) if is_process else shas.check(to)
         return deploy(target, to, dry_run=dry_run, migrate=migrate, force_unlock=force_unlock,
                       kind="rollback", fast=is_process, echo=echo)
     plans = processes if target.config.mode == "processes" else containers
@@ -117,7 +118,7 @@ def set_maintenance(target: Target, on: bool, *, dry_run: bool = False, force_un
                     echo: Callable[[str], None] = print) -> None:
     """maintenance-on / maintenance-off on every host; takes the deploy lock so it cannot race a deploy."""
     kind = "maintenance-on" if on else "maintenance-off"
-    _each_host(target, kind, None, lambda state: maintenance.toggle(target.config, on),
+    _each_host(target, kind, None, lambda state: maintenance.toggle(target.config, state, on),
                dry_run=dry_run, force_unlock=force_unlock, echo=echo)
 
 
@@ -125,21 +126,25 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
                dry_run: bool, force_unlock: bool, echo) -> dict[str, str]:
     layout = Layout.of(target.config)
     serving: dict[str, str] = {}
-    for host in target.hosts:
-        with session(target, host) as remote:
-            if dry_run:
-                plan = plan_for(read_state(remote, layout))
-                remote.console(f"dry run: {plan.kind} {plan.sha} to {plan.summary.get('colour')}; nothing will be changed")
-                for line in plan.describe():
-                    remote.console(line)
-                continue
-            with interruptible(remote), locked(remote, layout, kind, sha, force_unlock) as owner:
-                state = read_state(remote, layout)
-                if kind == "rollback" and sha and sha not in history.last_good(state.history):
-                    raise DeployError(f"{host}: {sha} never served here (not in the history as a successful deploy); "
-                                      "use deploy --sha to ship it")
-                plan = plan_for(state)
-                serving[host] = _run_and_record(remote, layout, plan, owner)
+    with interruptible() as interrupt:
+        for host in target.hosts:
+            if interrupt:
+                raise Interrupted(f"interrupted: stopped before {host}; done: {', '.join(serving) or 'no host'}")
+            with session(target, host, interrupt) as remote:
+                if dry_run:
+                    plan = plan_for(read_state(remote, layout))
+                    remote.console(f"dry run: {plan.kind} {plan.sha} to {plan.summary.get('colour')}; "
+                                   "nothing will be changed")
+                    for line in plan.describe():
+                        remote.console(line)
+                    continue
+                with locked(remote, layout, kind, sha, force_unlock) as owner:
+                    state = read_state(remote, layout)
+                    if kind == "rollback" and sha and not history.served(state.history, sha):
+                        raise DeployError(f"{host}: {sha} never served here (not in the history as a successful "
+                                          "deploy); use deploy --sha to ship it")
+                    plan = plan_for(state)
+                    serving[host] = _run_and_record(remote, layout, plan, owner)
     if not dry_run and any(serving.values()):
         echo("summary: " + ", ".join(f"{host} serves {sha}" for host, sha in serving.items()))
     return serving
@@ -206,7 +211,8 @@ def describe_state(config: Config, state: HostState) -> list[str]:
         lines.append(f"  gunicorn {colour:5} pid {pid} running {release_sha(state.release_of(colour)) or '?'}")
     for project in [config.app_name] + [f"{config.app_name}-{c}" for c in ("blue", "green")]:
         for container in state.containers_of(project):
-            lines.append(f"  {project:>16} {container.service:10} {container.status:28} {container.image}")
+            mark = "  " if container.healthy or container.state != "running" else "!!"
+            lines.append(f"{mark}{project:>16} {container.service:10} {container.status:28} {container.image}")
     if state.history:
         lines.append("recent deploys:")
         lines.extend("  " + history.format_line(record) for record in state.history[-5:])

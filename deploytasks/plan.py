@@ -8,6 +8,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
+from . import shas
+
 
 @dataclass(frozen=True)
 class Cmd:
@@ -43,6 +45,10 @@ class Poll:
     timeout: float
     interval: float
     expect: str | None = None
+
+    def matches(self, output: str) -> bool:
+        """The expected text (a SHA may be answered in full for an abbreviated one, or back)."""
+        return output == self.expect or shas.same(output, self.expect)
 
     def __str__(self) -> str:
         want = f" and prints {self.expect!r}" if self.expect else ""
@@ -98,9 +104,15 @@ class Plan:
         return lines
 
 
+PREVIEW_BYTES = 8192
+
+
 def _preview(put: Put) -> list[str]:
+    """A rendered file's text; not secrets, archives or anything large."""
     if put.secret:
         return ["<secret values not shown>"]
+    if b"\0" in put.content or len(put.content) > PREVIEW_BYTES:
+        return [f"<{len(put.content)} bytes, not shown>"]
     try:
         return put.content.decode().splitlines()
     except UnicodeDecodeError:

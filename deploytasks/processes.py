@@ -16,16 +16,18 @@ import shlex
 from . import nginx, traffic
 from .config import Config
 from .facts import HostState, release_sha
-from .layout import Layout, other
+from .layout import APP_ENV, Layout, other
 from .plan import Cmd, Plan, Put, Step, cmd, sh
 from .releases import cleanup_step, prepare_step, timestamp
 from .source import Source
 
-APP_ENV = "app.env"
 META = ".deploytasks"  # per-release files of ours: env wrapper, build hash and time
 
 _DEPENDENCIES = r"""
-venvs=$1; hash=$2; stamp=$3; requirements=$4; python=$5; link=$6; reuse=$7
+venvs=$1; requirements=$2; python=$3; link=$4; reuse=$5; stamp=$6
+# a virtualenv is only as good as the interpreter it was made with: the key names both
+version=$("$python" -c 'import sys; print("py%d.%d.%d" % sys.version_info[:3])') || exit 1
+hash="$7-$version"
 if [ "$reuse" = yes ]; then
     for venv in $(ls -1d "$venvs/$hash"-*/ 2>/dev/null | sort -r); do
         venv=${venv%/}
@@ -55,8 +57,8 @@ meta="$release/.deploytasks"
 if [ "$reuse" = yes ] && [ -n "$previous" ] && [ -e "$previous/$output" ] \
    && [ "$(cat "$previous/.deploytasks/build-hash" 2>/dev/null)" = "$hash" ]; then
     rm -rf "$release/$output"
-    cp -a "$previous/$output" "$release/$output"
-    cp "$previous/.deploytasks/build-seconds" "$meta/build-seconds"
+    cp -a "$previous/$output" "$release/$output" || exit 1
+    cp "$previous/.deploytasks/build-seconds" "$meta/build-seconds" || exit 1
     echo "build: reused $output from $(basename "$previous") (inputs unchanged; saved ~$(cat "$meta/build-seconds")s)"
 else
     start=$(date +%s%N)
@@ -70,7 +72,10 @@ echo "$hash" > "$meta/build-hash"
 _STOP = r"""
 pidfile=$1; timeout=$2
 pid=$(cat "$pidfile" 2>/dev/null) || exit 0
-kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; exit 0; }
+# a pid file can outlive its process (a reboot): signal only a gunicorn
+if ! kill -0 "$pid" 2>/dev/null || ! tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q gunicorn; then
+    rm -f "$pidfile"; exit 0
+fi
 kill -TERM "$pid"
 waited=0
 while kill -0 "$pid" 2>/dev/null; do
@@ -81,13 +86,15 @@ rm -f "$pidfile"
 """
 
 _BACKUP = r"""
-root=$1; name=$2; site=$3; keep=$4
+root=$1; name=$2; site=$3; keep=$4; shift 4
+umask 077
 dir="$root/.backups/$name"
-mkdir -p "$dir"
-cd "$root" || exit 1
-members=$(for m in current state shared; do [ -e "$m" ] && echo "$m"; done)
-[ -n "$members" ] && tar -cf "$dir/deploy.tar" --exclude=state/lock --exclude=shared/logs --exclude=shared/venvs $members
-[ -f "$site" ] && cp -p "$site" "$dir/nginx-site.conf"
+mkdir -p "$dir" && cd "$root" || exit 1
+members=$(for m in current run/*.sock state shared; do [ -e "$m" ] || [ -L "$m" ] && echo "$m"; done)
+excludes="--exclude=state/lock --exclude=shared/logs --exclude=shared/venvs"
+for data in "$@"; do excludes="$excludes --exclude=shared/$data"; done
+if [ -n "$members" ]; then tar -cf "$dir/deploy.tar" $excludes $members || exit 1; fi
+if [ -f "$site" ]; then cp -p "$site" "$dir/nginx-site.conf" || exit 1; fi
 ls -1d "$root"/.backups/*/ | sort | head -n -"$keep" | xargs -r rm -rf
 echo "backup: $dir"
 """
@@ -156,17 +163,17 @@ class Gunicorn:
 
     def start(self) -> Step:
         actions: list = [Put(self.script, self.start_script().encode(), mode=0o755)]
-        if self.systemd:
+        if self.systemd:  # enabled while it is a colour that may serve; drain disables it
             actions += [Put(f"/etc/systemd/system/{self.config.app_name}@.service", unit_file(self.config).encode()),
                         cmd("systemctl", "daemon-reload"), cmd("rm", "-f", self.layout.socket(self.colour)),
-                        cmd("systemctl", "restart", self.unit)]
+                        cmd("systemctl", "enable", self.unit), cmd("systemctl", "restart", self.unit)]
         else:
             actions += [self.stop(), cmd("rm", "-f", self.layout.socket(self.colour)), cmd("sh", self.script, "--daemon")]
         return Step(f"start {self.colour}", tuple(actions), undo=(self.stop(),), diagnose=self.diagnostics())
 
     def stop(self) -> Cmd:
         if self.systemd:
-            return cmd("systemctl", "stop", self.unit)
+            return cmd("systemctl", "disable", "--now", self.unit)
         return cmd(*sh(_STOP, self.pidfile, str(int(self.config.drain_timeout) + 5)))
 
     def diagnostics(self) -> tuple[Cmd, ...]:
@@ -206,7 +213,7 @@ def deploy(config: Config, state: HostState, source: Source, release: str, *, mi
     steps = [
         prepare_step(layout, new.dir),
         Step("backup", (cmd(*sh(_BACKUP, layout.root, timestamp(release), nginx.site_path(config),
-                                 str(config.keep_releases))),)),
+                                 str(config.keep_releases), *processes.shared_paths)),)),
         Step("upload code", (
             cmd("mkdir", "-p", meta, f"{layout.shared}/logs", f"{layout.shared}/venvs"),
             Put(f"{new.dir}/.source.tar", source.archive),
@@ -225,8 +232,8 @@ def deploy(config: Config, state: HostState, source: Source, release: str, *, mi
             )
         )))
     steps.append(Step("dependencies", (cmd(*sh(
-        _DEPENDENCIES, f"{layout.shared}/venvs", source.requirements_hash or "none", timestamp(release),
-        f"{new.dir}/{processes.requirements}", processes.python, f"{new.dir}/.venv", "yes" if fast else "no"),
+        _DEPENDENCIES, f"{layout.shared}/venvs", f"{new.dir}/{processes.requirements}", processes.python,
+        f"{new.dir}/.venv", "yes" if fast else "no", timestamp(release), source.requirements_hash or "none"),
         stream=True),)))
     if processes.build_command:
         previous = layout.release(state.release_of(state.live)) if state.release_of(state.live) else ""

@@ -5,15 +5,11 @@ instant rollbacks.
 """
 from __future__ import annotations
 
-import re
 import time
 
 from .facts import HostState
 from .layout import COLOURS, Layout
 from .plan import Step, cmd
-
-SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
-
 
 def name(sha: str, now: float | None = None) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time())) + f"-{sha}"
@@ -26,7 +22,10 @@ def timestamp(release: str) -> str:
 def prepare_step(layout: Layout, release_dir: str) -> Step:
     dirs = [release_dir, f"{release_dir}/nginx", layout.shared, layout.state, layout.nginx_dir]
     dirs += [layout.run_dir(colour) for colour in COLOURS]
-    return Step("prepare", (cmd("mkdir", "-p", *dirs), cmd("chmod", "755", layout.run, *(layout.run_dir(c) for c in COLOURS))),
+    # nginx's workers reach the live socket through these and check the maintenance flag in state/,
+    # whatever the SSH session's umask
+    reachable = (layout.root, layout.state, layout.run, *(layout.run_dir(c) for c in COLOURS))
+    return Step("prepare", (cmd("mkdir", "-p", *dirs), cmd("chmod", "755", *reachable)),
                 undo=(cmd("rm", "-rf", release_dir),))
 
 

@@ -6,6 +6,7 @@ git tree ids of the build inputs (git already hashes content; unchanged inputs, 
 from __future__ import annotations
 
 import hashlib
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 
@@ -21,14 +22,20 @@ class Source:
     build_hash: str | None  # None: no build step
 
 
+class GitFailed(ConfigError):
+    """git ran and said no (unknown revision, no such path): not the same as git missing."""
+
+
 def _git(config: Config, *args: str) -> bytes:
     repo = config.processes.source_repo
     try:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=True, timeout=120).stdout
     except FileNotFoundError:
         raise ConfigError("git is not installed on this machine (process releases are read with git archive)") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"git {args[0]} in {repo} did not finish within 120s") from None
     except subprocess.CalledProcessError as exc:
-        raise ConfigError(f"git {args[0]} in {repo}: {exc.stderr.decode(errors='replace').strip()[:200]}") from None
+        raise GitFailed(f"git {args[0]} in {repo}: {exc.stderr.decode(errors='replace').strip()[:200]}") from None
 
 
 def _tree_path(config: Config, sha: str, path: str = "") -> str:
@@ -39,14 +46,14 @@ def _tree_path(config: Config, sha: str, path: str = "") -> str:
 def resolve(config: Config, sha: str) -> str:
     try:
         return _git(config, "rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}").decode().strip()
-    except ConfigError:
+    except GitFailed:
         raise ConfigError(f"--sha {sha} is not a commit of {config.processes.source_repo}; nothing was changed") from None
 
 
 def _object_id(config: Config, sha: str, path: str) -> str | None:
     try:
         return _git(config, "rev-parse", "--verify", "--quiet", _tree_path(config, sha, path)).decode().strip()
-    except ConfigError:
+    except GitFailed:
         return None
 
 
@@ -59,5 +66,5 @@ def read(config: Config, sha: str) -> Source:
     if processes.build_command:
         inputs = processes.build_inputs or ("",)
         ids = [f"{path}={_object_id(config, full, path)}" for path in inputs]
-        build = hashlib.sha256(("\n".join(ids) + "\n" + " ".join(processes.build_command)).encode()).hexdigest()[:16]
+        build = hashlib.sha256(("\n".join(ids) + "\n" + shlex.join(processes.build_command)).encode()).hexdigest()[:16]
     return Source(full, archive, requirements[:16] if requirements else None, build)

@@ -5,6 +5,7 @@ unix socket, and both switch by swapping the live symlink nginx connects through
 """
 from __future__ import annotations
 
+from . import nginx
 from .config import Config
 from .errors import DeployError
 from .facts import HostState, release_sha
@@ -42,9 +43,9 @@ def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
     undo_live = previous.get("live")
     return Step(
         f"switch to {colour}",
-        (
-            *swap_link(f"{colour}/{layout.web}.sock", layout.live_socket),
+        (   # what the colour runs first: a crash after it leaves the host truthful, not switched
             *swap_link(release_dir, layout.colour_link(colour)),
+            *swap_link(f"{colour}/{layout.web}.sock", layout.live_socket),
             *swap_link(f"releases/{release}", layout.current),
         ),
         undo=(
@@ -58,10 +59,8 @@ def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
 
 def verify(config: Config, sha: str) -> Step:
     """The new SHA answers through the host's nginx, as users reach it."""
-    host = next((n for n in config.server_name.split() if n != "_" and "*" not in n), "localhost")
-    probe = ("curl", "-fsS", "--max-time", "5", "-H", f"Host: {host}",
-             f"http://127.0.0.1:{config.nginx_listen}{config.version_path}")
-    return Step("check through nginx", (Poll(probe, min(config.health_timeout, 30), config.health_interval, expect=sha),))
+    return Step("check through nginx", (Poll(nginx.probe(config, config.version_path, "-fsS"),
+                                              min(config.health_timeout, 30), config.health_interval, expect=sha),))
 
 
 def drain(colour: str, stop: tuple[Cmd, ...]) -> Step:

@@ -39,8 +39,8 @@ def test_maintenance_on_off_is_idempotent_and_spares_health_and_allowlist(fresh_
         assert get("/items")[0] == 503
         posted = requests.post(f"{PUBLIC}/items", data="during maintenance", timeout=5)
         assert posted.status_code == 503 and posted.headers["Retry-After"] == "30", "POSTs get the page too"
-        assert get("/healthz")[0] == 200 and get("/readyz")[0] == 200
-        status, headers, _ = get("/version", source="127.0.0.2")
+        assert get("/healthz")[0] == 200 and get("/readyz")[0] == 200 and get("/version")[0] == 200
+        status, headers, _ = get("/items", source="127.0.0.2")
         assert status == 200 and headers["X-App-Version"] == sha("v3"), "the allowlisted client reaches the app"
     capsys.readouterr()
     operations.status(target)
@@ -72,7 +72,7 @@ def test_failed_readiness_after_a_breaking_migration_keeps_maintenance_on(fresh_
     message = str(failure.value)
     assert "migration had already run" in message
     assert get("/")[0] == 503, "v3 cannot read schema 3: visitors keep the maintenance page"
-    assert get("/version", source="127.0.0.1")[0] == 503
+    assert get("/readyz")[0] == 503, "and v3 says why: it is not ready on the new schema"
     assert Path(fresh_host.deploy_path, "state", "maintenance").exists()
     assert last_record(fresh_host)["outcome"] == "failed"
 
@@ -84,3 +84,18 @@ def test_failed_readiness_with_a_compatible_schema_lifts_the_window(fresh_host):
         operations.deploy(target, sha("never-ready"), window=True)
     assert serving() == sha("v3"), "the old version was started again and serves"
     assert not Path(fresh_host.deploy_path, "state", "maintenance").exists()
+
+
+def test_deploy_and_rollback_work_while_maintenance_is_on_and_leave_it_on(fresh_host):
+    """The operator's window: fix forward or roll back behind the maintenance page."""
+    target = target_of(fresh_host)
+    operations.deploy(target, sha("v2"))
+    operations.set_maintenance(target, True)
+    operations.deploy(target, sha("v3"))
+    assert get("/version")[1]["X-App-Version"] == sha("v3") and get("/")[0] == 503
+    operations.rollback(target)
+    assert get("/version")[1]["X-App-Version"] == sha("v2") and get("/")[0] == 503
+    operations.deploy(target, sha("v3"), window=True)
+    assert get("/")[0] == 503, "a window the operator opened stays open after a --maintenance deploy"
+    operations.set_maintenance(target, False)
+    assert serving() == sha("v3")

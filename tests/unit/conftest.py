@@ -99,3 +99,92 @@ def first_state():
 def blue_live_state():
     """blue serves REL_OLD; green never ran."""
     return HostState(now=1_700_000_000, colours={"blue": REL_OLD}, live="blue", current=REL_OLD, releases=(REL_OLD,))
+
+
+# --- process releases (MODE=processes): a tiny local git repository and configs around it ------
+
+# The files of each commit of the session repository (None: delete). SOURCE_PATH is `app`;
+# README.md lives outside it, so commit "readme" changes nothing a release contains.
+PROCESS_COMMITS: list[tuple[str, dict[str, str | None]]] = [
+    ("v1", {"README.md": "readme v1\n", "app/app.py": "VERSION = 1\n", "app/requirements.txt": "flask==3.0\n",
+            "app/assets/site.css": "body { color: black }\n",
+            "app/build.sh": 'mkdir -p static && cp assets/* static/ && echo "$DEPLOY_SHA" >> "$BUILD_LOG"\n'}),
+    ("readme", {"README.md": "readme v2\n"}),
+    ("code", {"app/app.py": "VERSION = 2\n"}),
+    ("assets", {"app/assets/site.css": "body { color: red }\n"}),
+    ("requirements", {"app/requirements.txt": "flask==3.1\n"}),
+    ("build-script", {"app/build.sh": 'mkdir -p static && cp -r assets/. static/\n'
+                                      'echo "$DEPLOY_SHA" >> "$BUILD_LOG"\n'}),
+    ("requirements-back", {"app/requirements.txt": "flask==3.0\n"}),
+]
+
+_GIT_ENV = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}  # no user config in the way
+
+
+def _git_repo(path: Path, commits: list[tuple[str, dict[str, str | None]]]) -> dict[str, str]:
+    """A git repository at `path` with one commit per entry; returns message -> full SHA.
+
+    One `git fast-import` writes every commit (a dozen `git commit` runs would cost ~0.1 s)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, **_GIT_ENV}
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "-C", str(path), "init", "-q"], env=env, check=True, capture_output=True, timeout=30)
+    stream = []
+    for mark, (message, files) in enumerate(commits, 1):
+        msg = message.encode()
+        stream.append(b"commit refs/heads/main\nmark :%d\ncommitter Test <test@example.com> %d +0000\n"
+                      b"data %d\n%s\n" % (mark, 1_704_067_200 + mark, len(msg), msg))
+        if mark > 1:
+            stream.append(b"from :%d\n" % (mark - 1))
+        for name, text in files.items():
+            if text is None:
+                stream.append(b"D %s\n" % name.encode())
+            else:
+                data = text.encode()
+                stream.append(b"M 100644 inline %s\ndata %d\n%s\n" % (name.encode(), len(data), data))
+    marks = path / ".git" / "test-marks"
+    subprocess.run(["git", "-C", str(path), "fast-import", "--quiet", f"--export-marks={marks}"],
+                   input=b"".join(stream), env=env, check=True, capture_output=True, timeout=30)
+    subprocess.run(["git", "-C", str(path), "symbolic-ref", "HEAD", "refs/heads/main"], env=env, check=True,
+                   capture_output=True, timeout=30)
+    by_mark = dict(line.split() for line in marks.read_text().splitlines())
+    return {message: by_mark[f":{mark}"] for mark, (message, _) in enumerate(commits, 1)}
+
+
+@pytest.fixture
+def git_repo():
+    """Factory: git_repo(path, [(message, {file: text or None}), ...]) -> {message: full SHA}."""
+    if not shutil.which("git"):
+        pytest.skip("needs git")
+    return _git_repo
+
+
+@pytest.fixture(scope="session")
+def process_repo(tmp_path_factory):
+    """The session's read-only source repository: (path, {commit message: full SHA})."""
+    if not shutil.which("git"):
+        pytest.skip("needs git")
+    path = tmp_path_factory.mktemp("process-repo")
+    return path, _git_repo(path, PROCESS_COMMITS)
+
+
+@pytest.fixture
+def local_process_raw():
+    """The repo's own envs/local-process.env, as raw keys."""
+    return {k: (v or "") for k, v in dotenv_values(REPO / "envs" / "local-process.env").items()}
+
+
+@pytest.fixture
+def process_config(local_process_raw, process_repo):
+    """envs/local-process.env with SOURCE_REPO pointing at the session repository (SOURCE_PATH=app)."""
+    raw = dict(local_process_raw, SOURCE_REPO=str(process_repo[0]), SOURCE_PATH="app")
+    return configuration.parse(REPO, "local-process", raw, {})
+
+
+@pytest.fixture
+def green_live_state():
+    """green serves REL_NEW, blue keeps REL_OLD (stopped): what a rollback returns to."""
+    return HostState(now=1_700_000_000, colours={"blue": REL_OLD, "green": REL_NEW}, live="green", current=REL_NEW,
+                     releases=(REL_OLD, REL_NEW))

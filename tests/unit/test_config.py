@@ -316,7 +316,14 @@ def test_passthrough_reads_named_process_variables(tmp_path):
     root = make_root(tmp_path, {"t": _replace(GOOD_ENV, APP_ENV_PASSTHROUGH="DB_PASSWORD, SENTRY_DSN")})
     c = configuration.load(root, "t", environ={"DB_PASSWORD": "hunter2", "SENTRY_DSN": "https://x@y/1", "OTHER": "no"})
     assert c.app_env == {"DB_PASSWORD": "hunter2", "SENTRY_DSN": "https://x@y/1"}
-    assert c.secrets() == ["hunter2"]
+    assert c.secrets() == ["hunter2", "https://x@y/1"], "a DSN is a credential"
+
+
+def test_passwords_inside_urls_are_secrets(tmp_path):
+    root = make_root(tmp_path, {"t": _replace(GOOD_ENV, APP_ENV_PASSTHROUGH="DATABASE_URL,HOMEPAGE")})
+    c = configuration.load(root, "t", environ={"DATABASE_URL": "postgres://app:s3cr3t@db:5432/app",
+                                               "HOMEPAGE": "https://example.com/about"})
+    assert c.secrets() == ["s3cr3t"]
 
 
 def test_passthrough_reports_every_missing_variable(tmp_path):

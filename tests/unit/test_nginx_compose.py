@@ -49,7 +49,9 @@ def test_site_of_the_local_env(local_config):
     site = nginx.site(local_config)
     assert "{{" not in site and "}}" not in site
     assert site.count("server unix:/srv/example/run/web.sock max_fails=0") == 2
-    assert re.search(r"^\s*listen 8080;$", site, re.M)
+    assert re.search(r"^\s*listen 8080 default_server;$", site, re.M), "SERVER_NAME=_ is the catch-all"
+    assert "location = /version { proxy_pass http://example_web; }" in site, "deploys check it in maintenance too"
+    assert "include /srv/example/nginx/site.d/*.conf;" in site
     assert "server_name _;" in site
     assert "if (-f /srv/example/state/maintenance)" in site
     assert "    10.99.0.0/16 1;\n" in site
@@ -88,7 +90,11 @@ def test_site_without_allowlist(local_config):
 
 def test_install_step_validates_before_reload(local_config):
     step = nginx.install_step(local_config, "/srv/example/releases/r1/nginx/site.conf")
-    rendered, install = step.actions
+    mkdir, rendered, install = step.actions
+    assert mkdir.argv == ("mkdir", "-p", "/srv/example/nginx/site.d")
+    assert step.undo[0].argv[3:] == ("sh", "/var/lib/deploytasks-testbed/nginx/conf.d/example.conf",
+                                     "/var/lib/deploytasks-testbed/nginx/conf.d/.example.conf.previous",
+                                     "/var/lib/deploytasks-testbed/nginx/nginx.conf")
     assert rendered.path == "/srv/example/releases/r1/nginx/site.conf"
     assert rendered.content.decode() == nginx.site(local_config)
     assert install.argv[:2] == ("sh", "-c") and install.argv[3:] == (

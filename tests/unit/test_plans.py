@@ -70,7 +70,7 @@ def test_first_deploy_starts_blue_without_drain(local_config, first_state):
                             "cleanup (0 old release(s))"]
     assert not any(s.name.startswith("drain") for s in plan.steps)
     switch = _step(plan, "switch to blue")
-    assert [a.argv for a in switch.actions[:2]] == [
+    assert [a.argv for a in switch.actions[2:4]] == [
         ("ln", "-sfn", "blue/web.sock", f"{ROOT}/run/web.sock.new"),
         ("mv", "-fT", f"{ROOT}/run/web.sock.new", f"{ROOT}/run/web.sock"),
     ]
@@ -91,11 +91,12 @@ def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_
     assert names.index("ready: green") < names.index("switch to green") < names.index("drain blue")
 
     switch = _step(plan, "switch to green")
+    # what the colour runs first: a crash before the next rename leaves the host truthful
     assert [a.argv for a in switch.actions] == [
-        ("ln", "-sfn", "green/web.sock", f"{ROOT}/run/web.sock.new"),
-        ("mv", "-fT", f"{ROOT}/run/web.sock.new", f"{ROOT}/run/web.sock"),
         ("ln", "-sfn", f"../releases/{REL_NEW}", f"{ROOT}/state/green.new"),
         ("mv", "-fT", f"{ROOT}/state/green.new", f"{ROOT}/state/green"),
+        ("ln", "-sfn", "green/web.sock", f"{ROOT}/run/web.sock.new"),
+        ("mv", "-fT", f"{ROOT}/run/web.sock.new", f"{ROOT}/run/web.sock"),
         ("ln", "-sfn", f"releases/{REL_NEW}", f"{ROOT}/current.new"),
         ("mv", "-fT", f"{ROOT}/current.new", f"{ROOT}/current"),
     ]
@@ -185,7 +186,10 @@ def test_cleanup_step_removes_only_old_releases(local_config):
     plan = containers.deploy(local_config, state, SHA_NEW, REL_NEW)
     cleanup = plan.steps[-1]
     assert cleanup.best_effort and cleanup.name == "cleanup (3 old release(s))"
-    assert cleanup.actions == (cmd("rm", "-rf", *(f"{ROOT}/releases/{r}" for r in old[:3])),)
+    assert cleanup.actions[0] == cmd("rm", "-rf", *(f"{ROOT}/releases/{r}" for r in old[:3]))
+    prune = cleanup.actions[1].argv
+    assert prune[:3] == ("sh", "-c", 'docker image rm "$@" >/dev/null 2>&1; true')
+    assert prune[4:] == tuple(f"127.0.0.1:5000/example/web:{i:07d}" for i in (1, 2, 3)), "their images go too"
 
 
 # --- every argv is plain data and survives the shell -------------------------------------------
@@ -301,14 +305,16 @@ def test_rollback_starts_the_other_colour_without_recreate_pull_or_migrate(local
     assert plan.summary == {"colour": "blue", "release": REL_OLD, "previous": SHA_NEW}
     assert _names(plan) == ["start blue", "ready: blue", "switch to blue", "check through nginx", "drain green"]
     old = f"{ROOT}/releases/{REL_OLD}"
-    up = _step(plan, "start blue").actions[1].argv
+    start = _step(plan, "start blue").actions
+    assert len(start) == 1, "a colour still running keeps its socket: nothing is removed"
+    up = start[0].argv
     assert up[:4] == ("docker", "compose", "-p", "example-blue") and f"{old}/compose.deploy.yml" in up
     assert "up" in up and "--force-recreate" not in up
     assert _step(plan, "start blue").undo[0].argv[-4:] == ("stop", "-t", "5", "web")
     every = [a for argv in _argvs(plan) for a in argv]
     assert "pull" not in every and "migrate" not in every and "run" not in every
     switch = _step(plan, "switch to blue")
-    assert switch.actions[0].argv == ("ln", "-sfn", "blue/web.sock", f"{ROOT}/run/web.sock.new")
+    assert switch.actions[2].argv == ("ln", "-sfn", "blue/web.sock", f"{ROOT}/run/web.sock.new")
     assert switch.undo[0].argv == ("ln", "-sfn", "green/web.sock", f"{ROOT}/run/web.sock.new")
     assert switch.undo[2].argv == ("ln", "-sfn", f"../releases/{REL_OLD}", f"{ROOT}/state/blue.new")
     drain = _step(plan, "drain green").actions[1].argv
@@ -354,9 +360,11 @@ def test_release_name_and_sha():
 
 def test_check_sha():
     from deploytasks.errors import ConfigError
-    from deploytasks.operations import check_sha
+    from deploytasks.shas import check, same
 
-    assert check_sha(" ABCDEF1 ") == "abcdef1"
+    assert check(" ABCDEF1 ") == "abcdef1"
     for bad in ("", "abc", "xyz1234", "a" * 41, "abc1234; id"):
         with pytest.raises(ConfigError, match="not a git SHA"):
-            check_sha(bad)
+            check(bad)
+    assert same("abcdef1", "abcdef1234") and same("abcdef1234", "abcdef1") and same("abc", "abc")
+    assert not same("abcdef1", "abcdef2") and not same("abcdef", "abcdef1") and not same(None, "abcdef1")
