@@ -51,6 +51,31 @@ MAINTENANCE_ALLOW=10.1.0.0/16,192.0.2.7
 """
 
 
+def replace_keys(text: str, **changes: str | None) -> str:
+    """An env file's text with keys changed (value) or removed (None); new keys appended."""
+    lines, seen = [], set()
+    for line in text.splitlines():
+        key = line.split("=", 1)[0]
+        if key in changes:
+            seen.add(key)
+            if changes[key] is not None:
+                lines.append(f"{key}={changes[key]}")
+        else:
+            lines.append(line)
+    lines += [f"{k}={v}" for k, v in changes.items() if k not in seen and v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def step_named(plan, name: str):
+    matches = [s for s in plan.steps if s.name == name]
+    assert len(matches) == 1, [s.name for s in plan.steps]
+    return matches[0]
+
+
+def step_names(plan) -> list[str]:
+    return [s.name for s in plan.steps]
+
+
 @pytest.fixture(autouse=True)
 def _clean_process_env(monkeypatch):
     """Tests never depend on the caller's DEPLOY_ENV, registry credentials or proxies."""

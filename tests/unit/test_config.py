@@ -4,25 +4,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import GOOD_ENV, REPO, make_root, raw_of
+from conftest import GOOD_ENV, REPO, make_root, raw_of, replace_keys as _replace
 
 from deploytasks import config as configuration
 from deploytasks.errors import ConfigError, DeployError
 
-
-def _replace(text: str, **changes: str | None) -> str:
-    """GOOD_ENV with keys changed (value) or removed (None); new keys appended."""
-    lines, seen = [], set()
-    for line in text.splitlines():
-        key = line.split("=", 1)[0]
-        if key in changes:
-            seen.add(key)
-            if changes[key] is not None:
-                lines.append(f"{key}={changes[key]}")
-        else:
-            lines.append(line)
-    lines += [f"{k}={v}" for k, v in changes.items() if k not in seen and v is not None]
-    return "\n".join(lines) + "\n"
 
 
 def _problems(root, env="t", environ=None) -> list[str]:

@@ -14,25 +14,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW
+from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
 from deploytasks import containers, maintenance, nginx, traffic
-from deploytasks.plan import Cmd, Plan, Poll, Put, Step, cmd
+from deploytasks.plan import Cmd, Poll, Put, cmd
 
 ROOT = "/srv/example"
 FLAG = f"{ROOT}/state/maintenance"
 linux_sh = pytest.mark.skipif(not sys.platform.startswith("linux") or not shutil.which("sh"), reason="needs a Linux sh")
-
-
-def _names(plan: Plan) -> list[str]:
-    return [s.name for s in plan.steps]
-
-
-def _step(plan: Plan, name: str) -> Step:
-    matches = [s for s in plan.steps if s.name == name]
-    assert len(matches) == 1, _names(plan)
-    return matches[0]
 
 
 # --- maintenance-on / maintenance-off ---------------------------------------------------------

@@ -5,7 +5,7 @@ import dataclasses
 import shlex
 
 import pytest
-from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD
+from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
 from deploytasks import containers, releases
@@ -21,15 +21,6 @@ HOSTILE_APP_ENV = {
     "GREETING": "hello; reboot",
 }
 
-
-def _step(plan: Plan, name: str) -> Step:
-    matches = [s for s in plan.steps if s.name == name]
-    assert len(matches) == 1, [s.name for s in plan.steps]
-    return matches[0]
-
-
-def _names(plan: Plan) -> list[str]:
-    return [s.name for s in plan.steps]
 
 
 def _all_cmds(plan: Plan) -> list[Cmd]:

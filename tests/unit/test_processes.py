@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GOOD_ENV, REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, make_root
+from conftest import GOOD_ENV, REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, make_root, replace_keys as _replace, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
 from deploytasks import facts, processes, releases, source, traffic
@@ -44,15 +44,6 @@ HOSTILE = {
 }
 linux_sh = pytest.mark.skipif(not sys.platform.startswith("linux") or not shutil.which("sh"), reason="needs a Linux sh")
 
-
-def _step(plan: Plan, name: str) -> Step:
-    matches = [s for s in plan.steps if s.name == name]
-    assert len(matches) == 1, [s.name for s in plan.steps]
-    return matches[0]
-
-
-def _names(plan: Plan) -> list[str]:
-    return [s.name for s in plan.steps]
 
 
 def _argvs(plan: Plan) -> list[tuple[str, ...]]:
@@ -113,19 +104,6 @@ HOSTS=app1.example.com
 DEPLOY_PATH=/srv/shop
 """
 
-
-def _replace(text: str, **changes: str | None) -> str:
-    lines, seen = [], set()
-    for line in text.splitlines():
-        key = line.split("=", 1)[0]
-        if key in changes:
-            seen.add(key)
-            if changes[key] is not None:
-                lines.append(f"{key}={changes[key]}")
-        else:
-            lines.append(line)
-    lines += [f"{k}={v}" for k, v in changes.items() if k not in seen and v is not None]
-    return "\n".join(lines) + "\n"
 
 
 def _load(root, env="x"):
