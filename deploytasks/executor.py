@@ -22,6 +22,8 @@ from .errors import StepFailed
 from .plan import Cmd, Plan, Poll, Put, Step, Wait
 
 TAIL_LINES = 15
+# what a dropped connection, a refused SFTP or a broken channel raises under Fabric
+TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, invoke.exceptions.Failure)
 PROGRESS_EVERY = 10.0  # seconds between 'still waiting' lines of a poll
 
 
@@ -44,7 +46,6 @@ class Interrupt:
 
     def __bool__(self) -> bool:
         return self.requested
-
 
 
 class Remote:
@@ -71,7 +72,8 @@ class Remote:
     def check(self, argv: tuple[str, ...], what: str) -> str:
         result = self.run(argv)
         if not result.ok:
-            raise StepFailed(f"{self.host}: {what} failed (exit {result.exited})", tail(result))
+            raise StepFailed(f"{self.host}: {what} failed (exit {result.exited})",
+                             [self.console.mask(line) for line in tail(result)])
         return result.stdout
 
     def put(self, put: Put) -> None:
@@ -108,7 +110,7 @@ def execute(remote: Remote, plan: Plan) -> Outcome:
                     if not step.best_effort:  # past the switch, finishing is safer than undoing
                         _check_interrupt(remote)
                     _perform(remote, action)
-            except (OSError, EOFError, paramiko.SSHException, invoke.exceptions.Failure) as error:
+            except TRANSPORT_ERRORS as error:
                 raise StepFailed(f"{remote.host}: {step.name}: {type(error).__name__}: {error}") from error
         except StepFailed as failure:
             if step.best_effort:
@@ -184,7 +186,7 @@ def _undo(remote: Remote, steps: list[Step]) -> None:
 def _try(remote: Remote, action: Cmd):
     try:
         return remote.run(action.argv)
-    except (OSError, EOFError, paramiko.SSHException, invoke.exceptions.Failure):
+    except TRANSPORT_ERRORS:
         return None
 
 

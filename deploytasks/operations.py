@@ -15,7 +15,7 @@ from .config import Config
 from .connection import connect
 from .console import Console
 from .errors import ConfigError, ConnectError, DeployError, StepFailed
-from .executor import Interrupt, Interrupted, Remote, execute, interruptible
+from .executor import TRANSPORT_ERRORS, Interrupt, Interrupted, Remote, execute, interruptible
 from .facts import HostState, json_object, parse, read_command, release_sha
 from .layout import Layout
 from .plan import Plan
@@ -158,7 +158,11 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
     try:
         outcome = execute(remote, plan)
     except StepFailed as failure:
-        remote.run(history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, owner, "failed", started, [])))
+        try:  # best effort: the connection may be what failed
+            remote.run(history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, owner, "failed",
+                                                                 started, [], failed_after=failure.completed)))
+        except TRANSPORT_ERRORS:
+            remote.console("! could not record the failure in the host's history")
         if plan.summary.get("window") and "migrate" in failure.completed:
             failure.details.append("the migration had already run: the previous version was started again on the "
                                    "new schema; see `status` for whether maintenance mode is still on")
