@@ -10,21 +10,25 @@ from .config import Config
 from .errors import DeployError
 from .facts import HostState, release_sha
 from .layout import Layout, other
-from .plan import Cmd, Poll, Step, Wait, cmd
+from .plan import Cmd, Poll, Step, Wait, cmd, sh
 
 # After the swap no new connection reaches the old colour, but ones nginx opened an instant
 # before may still sit in its accept queue; give the old workers time to take them.
 SETTLE_SECONDS = 1.0
 
 
-def swap_link(target: str, link: str) -> tuple[Cmd, Cmd]:
-    """Point `link` at `target` with rename(2): readers see the old or the new, never nothing."""
-    staged = f"{link}.new"
-    return cmd("ln", "-sfn", target, staged), cmd("mv", "-fT", staged, link)
+_POINT_LINKS = r"""
+while [ "$#" -gt 1 ]; do
+    if [ -n "$1" ]; then ln -sfn "$1" "$2.new" && mv -fT "$2.new" "$2"; else rm -f "$2"; fi || exit 1
+    shift 2
+done
+"""
 
 
-def unlink_or_swap(target: str | None, link: str) -> tuple[Cmd, ...]:
-    return swap_link(target, link) if target else (cmd("rm", "-f", link),)
+def point_links(*links: tuple[str | None, str]) -> Cmd:
+    """Point each link at its target (None: remove it), in order, in one round trip. Each is
+    replaced with rename(2): readers see the old target or the new one, never nothing."""
+    return cmd(*sh(_POINT_LINKS, *(value for target, link in links for value in (target or "", link))))
 
 
 def readiness(config: Config, colour: str, diagnose: tuple[Cmd, ...] = ()) -> Step:
@@ -39,21 +43,16 @@ def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
     release and `current` as the host had them."""
     layout = Layout.of(config)
     release_dir = f"../releases/{release}"
-    previous = {"live": state.live, "colour": state.release_of(colour), "current": state.current}
-    undo_live = previous.get("live")
+    was = {"live": state.live, "colour": state.release_of(colour), "current": state.current}
     return Step(
         f"switch to {colour}",
-        (   # what the colour runs first: a crash after it leaves the host truthful, not switched
-            *swap_link(release_dir, layout.colour_link(colour)),
-            *swap_link(f"{colour}/{layout.web}.sock", layout.live_socket),
-            *swap_link(f"releases/{release}", layout.current),
-        ),
-        undo=(
-            *unlink_or_swap(f"{undo_live}/{layout.web}.sock" if undo_live else None, layout.live_socket),
-            *unlink_or_swap(f"../releases/{previous['colour']}" if previous.get("colour") else None,
-                            layout.colour_link(colour)),
-            *unlink_or_swap(f"releases/{previous['current']}" if previous.get("current") else None, layout.current),
-        ),
+        # what the colour runs first: a crash after it leaves the host truthful, not switched
+        (point_links((release_dir, layout.colour_link(colour)),
+                     (f"{colour}/{layout.web}.sock", layout.live_socket),
+                     (f"releases/{release}", layout.current)),),
+        undo=(point_links((was["live"] and f"{was['live']}/{layout.web}.sock", layout.live_socket),
+                          (was["colour"] and f"../releases/{was['colour']}", layout.colour_link(colour)),
+                          (was["current"] and f"releases/{was['current']}", layout.current)),),
     )
 
 

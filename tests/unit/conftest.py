@@ -76,6 +76,15 @@ def step_names(plan) -> list[str]:
     return [s.name for s in plan.steps]
 
 
+def links(commands) -> list[tuple[str | None, str]]:
+    """(target, link) pairs of traffic.point_links commands, in order; None: the link is removed."""
+    pairs = []
+    for command in commands:
+        args = command.argv[4:]
+        pairs += [(target or None, link) for target, link in zip(args[::2], args[1::2])]
+    return pairs
+
+
 @pytest.fixture(autouse=True)
 def _clean_process_env(monkeypatch):
     """Tests never depend on the caller's DEPLOY_ENV, registry credentials or proxies."""

@@ -5,7 +5,7 @@ import dataclasses
 import shlex
 
 import pytest
-from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, step_named as _step, step_names as _names
+from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, links, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
 from deploytasks import containers, releases
@@ -61,14 +61,9 @@ def test_first_deploy_starts_blue_without_drain(local_config, first_state):
                             "cleanup (0 old release(s))"]
     assert not any(s.name.startswith("drain") for s in plan.steps)
     switch = _step(plan, "switch to blue")
-    assert [a.argv for a in switch.actions[2:4]] == [
-        ("ln", "-sfn", "blue/web.sock", f"{ROOT}/run/web.sock.new"),
-        ("mv", "-fT", f"{ROOT}/run/web.sock.new", f"{ROOT}/run/web.sock"),
-    ]
+    assert links(switch.actions)[1] == ("blue/web.sock", f"{ROOT}/run/web.sock")
     # nothing served before: undoing removes the links instead of pointing them anywhere
-    assert [u.argv for u in switch.undo] == [
-        ("rm", "-f", f"{ROOT}/run/web.sock"), ("rm", "-f", f"{ROOT}/state/blue"), ("rm", "-f", f"{ROOT}/current"),
-    ]
+    assert links(switch.undo) == [(None, f"{ROOT}/run/web.sock"), (None, f"{ROOT}/state/blue"), (None, f"{ROOT}/current")]
 
 
 def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_live_state):
@@ -83,20 +78,16 @@ def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_
 
     switch = _step(plan, "switch to green")
     # what the colour runs first: a crash before the next rename leaves the host truthful
-    assert [a.argv for a in switch.actions] == [
-        ("ln", "-sfn", f"../releases/{REL_NEW}", f"{ROOT}/state/green.new"),
-        ("mv", "-fT", f"{ROOT}/state/green.new", f"{ROOT}/state/green"),
-        ("ln", "-sfn", "green/web.sock", f"{ROOT}/run/web.sock.new"),
-        ("mv", "-fT", f"{ROOT}/run/web.sock.new", f"{ROOT}/run/web.sock"),
-        ("ln", "-sfn", f"releases/{REL_NEW}", f"{ROOT}/current.new"),
-        ("mv", "-fT", f"{ROOT}/current.new", f"{ROOT}/current"),
+    assert len(switch.actions) == 1, "one round trip"
+    assert links(switch.actions) == [
+        (f"../releases/{REL_NEW}", f"{ROOT}/state/green"),
+        ("green/web.sock", f"{ROOT}/run/web.sock"),
+        (f"releases/{REL_NEW}", f"{ROOT}/current"),
     ]
-    assert [u.argv for u in switch.undo] == [
-        ("ln", "-sfn", "blue/web.sock", f"{ROOT}/run/web.sock.new"),
-        ("mv", "-fT", f"{ROOT}/run/web.sock.new", f"{ROOT}/run/web.sock"),
-        ("rm", "-f", f"{ROOT}/state/green"),
-        ("ln", "-sfn", f"releases/{REL_OLD}", f"{ROOT}/current.new"),
-        ("mv", "-fT", f"{ROOT}/current.new", f"{ROOT}/current"),
+    assert links(switch.undo) == [
+        ("blue/web.sock", f"{ROOT}/run/web.sock"),
+        (None, f"{ROOT}/state/green"),
+        (f"releases/{REL_OLD}", f"{ROOT}/current"),
     ]
 
     drain = _step(plan, "drain blue")
@@ -305,9 +296,9 @@ def test_rollback_starts_the_other_colour_without_recreate_pull_or_migrate(local
     every = [a for argv in _argvs(plan) for a in argv]
     assert "pull" not in every and "migrate" not in every and "run" not in every
     switch = _step(plan, "switch to blue")
-    assert switch.actions[2].argv == ("ln", "-sfn", "blue/web.sock", f"{ROOT}/run/web.sock.new")
-    assert switch.undo[0].argv == ("ln", "-sfn", "green/web.sock", f"{ROOT}/run/web.sock.new")
-    assert switch.undo[2].argv == ("ln", "-sfn", f"../releases/{REL_OLD}", f"{ROOT}/state/blue.new")
+    assert links(switch.actions)[1] == ("blue/web.sock", f"{ROOT}/run/web.sock")
+    assert links(switch.undo)[:2] == [("green/web.sock", f"{ROOT}/run/web.sock"),
+                                      (f"../releases/{REL_OLD}", f"{ROOT}/state/blue")]
     drain = _step(plan, "drain green").actions[1].argv
     assert drain[:4] == ("docker", "compose", "-p", "example-green") and f"{ROOT}/releases/{REL_NEW}/compose.env" in drain
 
@@ -359,3 +350,22 @@ def test_check_sha():
             check(bad)
     assert same("abcdef1", "abcdef1234") and same("abcdef1234", "abcdef1") and same("abc", "abc")
     assert not same("abcdef1", "abcdef2") and not same("abcdef", "abcdef1") and not same(None, "abcdef1")
+
+
+def test_point_links_swaps_and_removes_for_real(tmp_path):
+    """The switch's one command, run by a real sh: links are renamed into place, '' removes."""
+    import os
+    import subprocess
+
+    from deploytasks import traffic
+
+    (tmp_path / "blue").mkdir()
+    (tmp_path / "green").mkdir()
+    os.symlink("blue", tmp_path / "live")
+    os.symlink("blue", tmp_path / "gone")
+    command = traffic.point_links(("green", str(tmp_path / "live")), (None, str(tmp_path / "gone")),
+                                  ("blue", str(tmp_path / "fresh")))
+    subprocess.run(command.argv, check=True)
+    assert os.readlink(tmp_path / "live") == "green" and os.readlink(tmp_path / "fresh") == "blue"
+    assert not os.path.lexists(tmp_path / "gone")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blue", "fresh", "green", "live"], "no .new left behind"
