@@ -18,6 +18,9 @@ from dotenv import dotenv_values
 from .errors import ConfigError
 
 ENV_DIR = "envs"
+# nginx templates: a file of this name in the project's nginx/ overrides the packaged default
+TEMPLATES = {"site": "site.conf.template", "maintenance": "maintenance.html"}
+PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 MODES = ("containers", "processes")
 SECRET_KEY_PATTERN = re.compile(r"SECRET|PASS|TOKEN|KEY|CREDENTIAL|PRIVATE|DSN|AUTH|SALT|COOKIE", re.I)
 URL_PASSWORD = re.compile(r"://[^/:@\s]+:([^/@\s]+)@")  # postgres://user:PASSWORD@host
@@ -116,6 +119,8 @@ class Config:
     app_env: dict[str, str] = field(repr=False)
     maintenance_allow: tuple[str, ...] = ()
     processes: "ProcessConfig | None" = None
+    site_template: Path = PACKAGED_TEMPLATES / TEMPLATES["site"]
+    maintenance_page: Path = PACKAGED_TEMPLATES / TEMPLATES["maintenance"]
 
     def secrets(self) -> list[str]:
         """Values never to print: app env values whose key looks secret, and passwords in URLs."""
@@ -231,11 +236,26 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
         app_env=app_env,
         maintenance_allow=_networks(v.list("MAINTENANCE_ALLOW", CIDR_RE, "IP addresses or CIDR ranges"), problems),
         processes=_processes(root, v, problems) if mode == "processes" else None,
+        site_template=template(root, "site", problems),
+        maintenance_page=template(root, "maintenance", problems),
     )
     _check_consistency(config, problems)
     if problems:
         raise ConfigError(f"{env_file(root, env).relative_to(root) if root else env}: {len(problems)} problem(s)", problems)
     return config
+
+
+def template(root: Path, kind: str, problems: list[str] | None = None) -> Path:
+    """The project's nginx/<name> if it has one, else the packaged default; unreadable is a problem."""
+    own = root / "nginx" / TEMPLATES[kind]
+    path = own if own.exists() else PACKAGED_TEMPLATES / TEMPLATES[kind]
+    try:
+        path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        if problems is None:
+            raise
+        problems.append(f"nginx template {path}: cannot be read ({exc.__class__.__name__})")
+    return path
 
 
 def _networks(values: tuple[str, ...], problems: list[str]) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The host's nginx: render the site from nginx/ templates and install it only when it changed.
+"""The host's nginx: render the site from its template and install it only when it changed.
 
 A new site file is validated with `nginx -t` and nginx is reloaded only if it passes; if it
 fails, the previous file is put back before anything reloads nginx. Deploys that do not change
@@ -12,8 +12,6 @@ from .config import Config
 from .layout import Layout
 from .plan import Put, Step, cmd, sh
 
-TEMPLATE = "nginx/site.conf.template"
-MAINTENANCE_PAGE = "nginx/maintenance.html"
 RETRY_AFTER_SECONDS = 30
 
 
@@ -28,7 +26,7 @@ def render(template: str, values: dict[str, object]) -> str:
 
 def site(config: Config) -> str:
     layout = Layout.of(config)
-    template = (config.root / TEMPLATE).read_text()
+    template = config.site_template.read_text()
     return render(template, {
         "app": config.app_name,
         "env": config.env,
@@ -44,7 +42,7 @@ def site(config: Config) -> str:
         "nginx_dir": layout.nginx_dir,
         "maintenance_flag": layout.maintenance_flag,
         "retry_after": RETRY_AFTER_SECONDS,
-        "maintenance_page": _nginx_string((config.root / MAINTENANCE_PAGE).read_text(), config),
+        "maintenance_page": _nginx_string(config.maintenance_page.read_text(), config),
     })
 
 

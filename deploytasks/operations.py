@@ -10,12 +10,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import containers, history, lock, maintenance, processes, registry, releases, shas, source
+from . import history, lock, maintenance, registry, releases, shas, source
+from .backends import containers, processes
 from .config import Config
-from .connection import connect
-from .console import Console
+from .remote.connection import connect
+from .remote.console import Console
 from .errors import ConfigError, ConnectError, DeployError, StepFailed
-from .executor import TRANSPORT_ERRORS, Interrupt, Interrupted, Remote, execute, interruptible
+from .remote.executor import TRANSPORT_ERRORS, Interrupt, Interrupted, Remote, execute, interruptible
 from .facts import HostState, json_object, parse, read_command, release_sha
 from .layout import Layout
 from .plan import Plan

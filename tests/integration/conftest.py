@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from deploytasks import config as configuration
-from deploytasks import testbed
+from harness import testbed
 
 from .support import ROOT
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import requests
 
 from deploytasks import config as configuration
-from deploytasks import operations, testbed
+from deploytasks import operations
+from harness import testbed
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = "http://127.0.0.1:8080"

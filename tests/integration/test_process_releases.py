@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from deploytasks import config as configuration
-from deploytasks import operations, testbed
+from deploytasks import operations
+from harness import testbed
 from deploytasks.errors import ConfigError, StepFailed
 
 from .support import ROOT, target_of

@@ -1,4 +1,4 @@
-"""Real checks of a started testbed (python3 -c "from deploytasks import testbed; testbed.up()")."""
+"""Real checks of a started testbed (python3 -c "from harness import testbed; testbed.up()")."""
 import dataclasses
 import json
 import os
@@ -13,7 +13,7 @@ import pytest
 import requests
 from fabric import Connection
 
-from deploytasks import testbed
+from harness import testbed
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from deploytasks import bench
+from harness import bench
 
 from .support import ROOT
 

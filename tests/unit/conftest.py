@@ -96,12 +96,10 @@ def _clean_process_env(monkeypatch):
 
 
 def make_root(base: Path, envs: dict[str, str], compose: str = COMPOSE) -> Path:
-    """A throwaway project root: envs/<name>.env files, compose/compose.yml and the repo's nginx/."""
+    """A throwaway project root: envs/<name>.env files and compose/compose.yml (nginx templates: packaged)."""
     (base / "envs").mkdir(parents=True, exist_ok=True)
     (base / "compose").mkdir(exist_ok=True)
     (base / "compose" / "compose.yml").write_text(compose)
-    if not (base / "nginx").exists():
-        shutil.copytree(REPO / "nginx", base / "nginx")
     for name, text in envs.items():
         (base / "envs" / f"{name}.env").write_text(text)
     return base

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from deploytasks.console import MASK, Console
+from deploytasks.remote.console import MASK, Console
 
 
 def _console(host="web1", secrets=("hunter2", "hunter2-long", "ab")):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploytasks.load import MAINTENANCE_STATUS, Sample, summarize
+from harness.load import MAINTENANCE_STATUS, Sample, summarize
 
 
 def ok(client, start, version="v1", end=None, status=200):

@@ -17,7 +17,8 @@ import pytest
 from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
-from deploytasks import containers, maintenance, nginx, traffic
+from deploytasks import maintenance, nginx, traffic
+from deploytasks.backends import containers
 from deploytasks.plan import Cmd, Poll, Put, cmd
 
 ROOT = "/srv/example"
@@ -262,14 +263,16 @@ def _nginx_unquote(text: str, dollar_var: str) -> str:
 
 
 def _site_with_page(config, tmp_path: Path, page: str):
+    """The project's own nginx/maintenance.html overrides the packaged page; the site stays packaged."""
     (tmp_path / "nginx").mkdir(exist_ok=True)
-    (tmp_path / "nginx" / "site.conf.template").write_text((REPO / "nginx" / "site.conf.template").read_text())
     (tmp_path / "nginx" / "maintenance.html").write_text(page)
-    config = dataclasses.replace(config, root=tmp_path)
+    config = dataclasses.replace(config, root=tmp_path, site_template=configuration.template(tmp_path, "site"),
+                                 maintenance_page=configuration.template(tmp_path, "maintenance"))
+    assert config.site_template == configuration.PACKAGED_TEMPLATES / "site.conf.template"
     return config, nginx.site(config)
 
 
-@pytest.mark.parametrize("page", [HOSTILE_PAGE, (REPO / "nginx" / "maintenance.html").read_text(), "", "\\", "'", "$"])
+@pytest.mark.parametrize("page", [HOSTILE_PAGE, (REPO / "deploytasks" / "templates" / "maintenance.html").read_text(), "", "\\", "'", "$"])
 def test_maintenance_page_round_trips_through_nginx_quoting(local_config, tmp_path, page):
     _, site = _site_with_page(dataclasses.replace(local_config, app_name="my-shop"), tmp_path, page)
     body = re.search(r"return 503 '(.*)';\n    \}\n\}\n\Z", site, re.S).group(1)

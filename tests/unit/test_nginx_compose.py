@@ -10,7 +10,8 @@ import yaml
 from conftest import GOOD_ENV, REPO, make_root
 from dotenv import dotenv_values
 
-from deploytasks import compose, nginx
+from deploytasks import nginx
+from deploytasks.backends import compose
 from deploytasks import config as configuration
 from deploytasks.layout import Layout
 
@@ -74,11 +75,9 @@ def test_site_allowlist_and_names_per_config(local_config):
 
 
 def test_maintenance_page_is_quoted_for_nginx(local_config, tmp_path):
-    for part in ("nginx",):
-        (tmp_path / part).mkdir()
-    (tmp_path / "nginx" / "site.conf.template").write_text((REPO / "nginx" / "site.conf.template").read_text())
+    (tmp_path / "nginx").mkdir()
     (tmp_path / "nginx" / "maintenance.html").write_text("it's $5 \\ back soon")
-    site = nginx.site(dataclasses.replace(local_config, root=tmp_path))
+    site = nginx.site(dataclasses.replace(local_config, maintenance_page=configuration.template(tmp_path, "maintenance")))
     assert "return 503 'it\\'s ${example_dollar}5 \\\\ back soon';" in site
     assert 'geo $example_dollar {\n    default "$";' in site
 
@@ -183,7 +182,7 @@ def test_overlay_with_several_services_networks_and_volumes(more_config):
 
 
 def test_shared_networks_are_created_by_the_deploy(more_config, first_state):
-    from deploytasks import containers
+    from deploytasks.backends import containers
 
     plan = containers.deploy(more_config, first_state, "abc1234", "r1")
     networks = [s for s in plan.steps if s.name == "networks"][0]

@@ -8,7 +8,8 @@ import pytest
 from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, links, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
-from deploytasks import containers, releases
+from deploytasks import releases
+from deploytasks.backends import containers
 from deploytasks.errors import DeployError
 from deploytasks.facts import HostState
 from deploytasks.plan import Cmd, Plan, Poll, Put, Step, Wait, cmd, sh
@@ -200,7 +201,7 @@ def test_hostile_app_values_go_only_into_the_secret_app_env(hostile_config, blue
 
 
 def _quoted(value: str) -> str:
-    from deploytasks.compose import _quote
+    from deploytasks.backends.compose import _quote
 
     return _quote(value)
 

@@ -22,7 +22,8 @@ import pytest
 from conftest import GOOD_ENV, REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, links, make_root, replace_keys as _replace, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
-from deploytasks import facts, processes, releases, source, traffic
+from deploytasks import facts, releases, source, traffic
+from deploytasks.backends import processes
 from deploytasks.config import ProcessConfig
 from deploytasks.errors import ConfigError, DeployError
 from deploytasks.facts import HostState

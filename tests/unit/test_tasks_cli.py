@@ -5,14 +5,17 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import fabric
 import pytest
 from conftest import GOOD_ENV, REPO, make_root
 from invoke import Context, Exit
 
-import tasks
-from deploytasks import connection, operations, registry
+from deploytasks import tasks
+from deploytasks import operations, registry
+from deploytasks.remote import connection
 
 BAD_ENV = """\
 APP_NAME=shop
@@ -45,7 +48,7 @@ def no_network(monkeypatch):
 @pytest.fixture
 def bad_root(tmp_path, monkeypatch):
     root = make_root(tmp_path, {"bad": BAD_ENV, "good": GOOD_ENV})
-    monkeypatch.setattr(tasks, "ROOT", root)
+    monkeypatch.chdir(root)  # `inv` run from the user's repository
     return root
 
 
@@ -134,9 +137,10 @@ def _task_names(collection: dict, prefix: str = "") -> list[str]:
 
 
 def test_inv_and_fab_list_the_same_tasks():
-    exes = {tool: shutil.which(tool) for tool in ("inv", "fab")}
-    if not all(exes.values()):
-        pytest.skip(f"not installed: {[t for t, e in exes.items() if not e]}")
+    # the interpreter's own scripts first: `.venv/bin/inv test` runs with .venv/bin not on PATH
+    scripts = str(Path(sys.executable).parent)
+    exes = {tool: shutil.which(tool, path=scripts) or shutil.which(tool) for tool in ("inv", "fab")}
+    assert all(exes.values()), f"not installed: {[t for t, e in exes.items() if not e]}"
     runs = {(tool, fmt): subprocess.Popen([exe, "--list", *(["--list-format", "json"] if fmt == "json" else [])],
                                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for tool, exe in exes.items() for fmt in ("json", "text")}

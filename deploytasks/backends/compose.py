@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, compose_model
-from .layout import APP_ENV, CONTAINER_RUN_DIR, Layout
+from ..config import Config, compose_model
+from ..layout import APP_ENV, CONTAINER_RUN_DIR, Layout
 
 OVERLAY = "compose.deploy.yml"
 INTERPOLATION_ENV = "compose.env"

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import posixpath
 
-from . import compose, maintenance, nginx, traffic
-from .config import Config
-from .facts import HostState, release_sha
-from .layout import APP_ENV, Layout, other
-from .plan import Cmd, Plan, Put, Step, cmd, sh
-from .releases import cleanup_step, prepare_step, to_delete
+from .. import maintenance, nginx, traffic
+from ..config import Config
+from . import compose
+from ..facts import HostState, release_sha
+from ..layout import APP_ENV, Layout, other
+from ..plan import Cmd, Plan, Put, Step, cmd, sh
+from ..releases import cleanup_step, prepare_step, to_delete
 
 
 class _Colour:

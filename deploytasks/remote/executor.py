@@ -18,8 +18,8 @@ import paramiko
 from fabric import Connection
 
 from .console import Console
-from .errors import StepFailed
-from .plan import Cmd, Plan, Poll, Put, Step, Wait
+from ..errors import StepFailed
+from ..plan import Cmd, Plan, Poll, Put, Step, Wait
 
 TAIL_LINES = 15
 # what a dropped connection, a refused SFTP or a broken channel raises under Fabric

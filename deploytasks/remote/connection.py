@@ -11,8 +11,8 @@ import paramiko
 from fabric import Config as FabricConfig
 from fabric import Connection
 
-from .config import Config
-from .errors import ConnectError
+from ..config import Config
+from ..errors import ConnectError
 
 KEEPALIVE_SECONDS = 15  # notice a dead connection instead of waiting on it forever
 

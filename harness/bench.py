@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import compose
-from . import config as configuration
-from . import operations, processes, testbed, traffic
-from .executor import Remote, execute
-from .facts import HostState, release_sha
-from .layout import Layout
+from deploytasks import config as configuration
+from deploytasks import operations, traffic
+from deploytasks.backends import compose, processes
+from deploytasks.facts import HostState, release_sha
+from deploytasks.layout import Layout
+from deploytasks.plan import Plan, Step, cmd
+from deploytasks.remote.executor import Remote, execute
+
+from . import testbed
 from .load import Load, summarize
-from .plan import Plan, Step, cmd
 
 CONTAINER_ENV = "local"
 PROCESS_ENV = "local-process"

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import shlex
 
-from . import nginx, traffic
-from .config import Config
-from .facts import HostState, release_sha
-from .layout import APP_ENV, Layout, other
-from .plan import Cmd, Plan, Put, Step, cmd, sh
-from .releases import cleanup_step, prepare_step, timestamp
-from .source import Source
+from .. import nginx, traffic
+from ..config import Config
+from ..facts import HostState, release_sha
+from ..layout import APP_ENV, Layout, other
+from ..plan import Cmd, Plan, Put, Step, cmd, sh
+from ..releases import cleanup_step, prepare_step, timestamp
+from ..source import Source
 
 META = ".deploytasks"  # per-release files of ours: env wrapper, build hash and time
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import bench, operations
-from . import config as configuration
+from deploytasks import config as configuration
+from deploytasks import operations
+
+from . import bench
 
 
 def run(root: Path) -> list[dict]:

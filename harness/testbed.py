@@ -34,7 +34,7 @@ from typing import Callable
 
 import requests
 
-from .errors import DeployError
+from deploytasks.errors import DeployError
 
 STATE_DIR = Path("/var/lib/deploytasks-testbed")
 SSH_PORT = 2222
@@ -51,7 +51,7 @@ NGINX_SITE_DIR = STATE_DIR / "nginx" / "conf.d"
 APT_PACKAGES = ("docker.io", "docker-registry", "openssh-server", "nginx-light",
                 "debootstrap", "iproute2", "curl", "git", "python3-venv")
 BASE_PACKAGES = ("python3", "gunicorn", "python3-redis", "redis-server")
-EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "example"
+EXAMPLE_DIR = Path(__file__).resolve().parent / "example"
 REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
