@@ -12,20 +12,21 @@ from .layout import COLOURS, Layout
 from .plan import sh
 
 _SCRIPT = r"""
-root=$1; web=$2
+blue=$1; green=$2; live=$3; current=$4; flag=$5; releases=$6; lock=$7; info=$8; history=$9
+bluepid=${10}; greenpid=${11}
 printf 'now %s\n' "$(date +%s)"
-for c in blue green; do printf 'colour %s %s\n' "$c" "$(readlink "$root/state/$c" 2>/dev/null)"; done
-printf 'live %s\n' "$(readlink "$root/run/$web.sock" 2>/dev/null)"
-printf 'current %s\n' "$(readlink "$root/current" 2>/dev/null)"
-[ -e "$root/state/maintenance" ] && echo 'maintenance on'
-for r in "$root"/releases/*/; do [ -d "$r" ] && printf 'release %s\n' "$(basename "$r")"; done
-if [ -f "$root/state/lock/info.json" ]; then printf 'lock %s\n' "$(tr -d '\n' < "$root/state/lock/info.json")"
-elif [ -d "$root/state/lock" ]; then printf 'lock {"since": %s}\n' "$(stat -c %Y "$root/state/lock")"; fi
-tail -n 200 "$root/state/history.jsonl" 2>/dev/null | sed 's/^/history /'
+printf 'colour blue %s\n' "$(readlink "$blue" 2>/dev/null)"
+printf 'colour green %s\n' "$(readlink "$green" 2>/dev/null)"
+printf 'live %s\n' "$(readlink "$live" 2>/dev/null)"
+printf 'current %s\n' "$(readlink "$current" 2>/dev/null)"
+[ -e "$flag" ] && echo 'maintenance on'
+for r in "$releases"/*/; do [ -d "$r" ] && printf 'release %s\n' "$(basename "$r")"; done
+if [ -f "$info" ]; then printf 'lock %s\n' "$(tr -d '\n' < "$info")"
+elif [ -d "$lock" ]; then printf 'lock {"since": %s}\n' "$(stat -c %Y "$lock")"; fi
+tail -n 200 "$history" 2>/dev/null | sed 's/^/history /'
 [ -d /run/systemd/system ] && echo 'systemd yes'
-for c in blue green; do
-  p=$(cat "$root/run/$c/gunicorn.pid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && printf 'process %s %s\n' "$c" "$p"
-done
+p=$(cat "$bluepid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && printf 'process blue %s\n' "$p"
+p=$(cat "$greenpid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && printf 'process green %s\n' "$p"
 if command -v docker >/dev/null 2>&1; then
   docker ps -a --filter "label=com.docker.compose.project" \
     --format 'container {{.Label "com.docker.compose.project"}}	{{.Label "com.docker.compose.service"}}	{{.State}}	{{.Status}}	{{.Image}}' 2>/dev/null
@@ -73,7 +74,10 @@ class HostState:
 
 
 def read_command(layout: Layout) -> tuple[str, ...]:
-    return sh(_SCRIPT, layout.root, layout.web)
+    """Every path comes from the layout: the script itself names none."""
+    return sh(_SCRIPT, layout.colour_link("blue"), layout.colour_link("green"), layout.live_socket, layout.current,
+              layout.maintenance_flag, layout.releases, layout.lock, layout.lock_info, layout.history,
+              layout.pidfile("blue"), layout.pidfile("green"))
 
 
 def release_sha(release: str | None) -> str | None:

@@ -13,23 +13,23 @@ import time
 import uuid
 
 from .errors import LockHeld
-from .layout import Layout
+from .layout import LOCK_INFO, Layout
 from .plan import sh
 
 HELD_EXIT = 3
 
 _ACQUIRE = r"""
-lock=$1; info=$2
+lock=$1; name=$2; info=$3
 mkdir -p "$(dirname "$lock")" || exit 1
 tmp=$(mktemp -d "$lock.XXXXXX") || exit 1
-printf '%s\n' "$info" > "$tmp/info.json"
+printf '%s\n' "$info" > "$tmp/$name"
 if mv -T "$tmp" "$lock" 2>/dev/null; then exit 0; fi
 rm -rf "$tmp"
-cat "$lock/info.json" 2>/dev/null || printf '{"since": %s}\n' "$(stat -c %Y "$lock")"
+cat "$lock/$name" 2>/dev/null || printf '{"since": %s}\n' "$(stat -c %Y "$lock")"
 exit 3
 """
 
-_RELEASE = r"""grep -qF "$2" "$1/info.json" 2>/dev/null && rm -rf "$1"; true"""
+_RELEASE = r"""grep -qF "$3" "$2" 2>/dev/null && rm -rf "$1"; true"""
 
 
 def owner(task: str, sha: str | None) -> dict:
@@ -52,12 +52,12 @@ def _user() -> str:
 
 
 def acquire_argv(layout: Layout, info: dict) -> tuple[str, ...]:
-    return sh(_ACQUIRE, layout.lock, json.dumps(info, sort_keys=True))
+    return sh(_ACQUIRE, layout.lock, LOCK_INFO, json.dumps(info, sort_keys=True))
 
 
 def release_argv(layout: Layout, info: dict) -> tuple[str, ...]:
     """Remove the lock only if it is still ours (someone may have forced it since)."""
-    return sh(_RELEASE, layout.lock, info["token"])
+    return sh(_RELEASE, layout.lock, layout.lock_info, info["token"])
 
 
 def force_release_argv(layout: Layout) -> tuple[str, ...]:

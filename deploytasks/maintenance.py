@@ -6,15 +6,15 @@ Health endpoints and MAINTENANCE_ALLOW addresses always reach the app.
 """
 from __future__ import annotations
 
-from . import nginx
+import dataclasses
+
+from . import nginx, phases
 from .config import Config
 from .facts import HostState
 from .layout import Layout
 from .plan import Plan, Poll, Step, cmd, sh
 
 STATUS = "503"
-ON_STEP = "maintenance on"
-OFF_STEP = "maintenance off"
 
 # Undo of "maintenance on" during a maintenance deploy: lift the window only if the old
 # version answers ready again; otherwise visitors are better served by the maintenance page.
@@ -37,13 +37,13 @@ def public_status_probe(config: Config, path: str = "/") -> tuple[str, ...]:
 def on_step(config: Config, already_on: bool = False) -> Step:
     """Set the flag and see the 503 through nginx; undo clears it unless it was on before."""
     flag = Layout.of(config).maintenance_flag
-    return Step(ON_STEP, (cmd("touch", flag), Poll(public_status_probe(config), 10, 0.2, expect=STATUS)),
-                undo=() if already_on else (cmd("rm", "-f", flag),))
+    return Step(phases.MAINTENANCE_ON, (cmd("touch", flag), Poll(public_status_probe(config), 10, 0.2, expect=STATUS)),
+                undo=() if already_on else (cmd("rm", "-f", flag),), label="maintenance on")
 
 
 def off_step(config: Config) -> Step:
     flag = Layout.of(config).maintenance_flag
-    return Step(OFF_STEP, (cmd("rm", "-f", flag),), undo=(cmd("touch", flag),))
+    return Step(phases.MAINTENANCE_OFF, (cmd("rm", "-f", flag),), undo=(cmd("touch", flag),), label="maintenance off")
 
 
 def window_on_step(config: Config, old_colour: str | None) -> Step:
@@ -51,22 +51,22 @@ def window_on_step(config: Config, old_colour: str | None) -> Step:
     layout = Layout.of(config)
     undo = (cmd(*sh(_LIFT_IF_READY, layout.maintenance_flag, layout.socket(old_colour),
                     f"http://localhost{config.ready_path}")),) if old_colour else on_step(config).undo
-    return Step(ON_STEP, on_step(config).actions, undo=undo)
+    return dataclasses.replace(on_step(config), undo=undo)
 
 
 def toggle(config: Config, state: HostState, on: bool) -> Plan:
     """maintenance-on / maintenance-off: make sure the site is installed, then set or clear the flag."""
     layout = Layout.of(config)
-    prepare = Step("prepare", (cmd("mkdir", "-p", layout.state, layout.nginx_dir),))
-    site = nginx.install_step(config, f"{layout.nginx_dir}/site.conf")
+    prepare = Step(phases.PREPARE, (cmd("mkdir", "-p", layout.state, layout.nginx_dir),))
+    site = nginx.install_step(config, layout.rendered_site())
     steps = (prepare, site, on_step(config, state.maintenance) if on else off_step(config))
     return Plan("maintenance-on" if on else "maintenance-off", "", steps)
 
 
 def window_seconds(steps: list[tuple[str, float]]) -> float | None:
     """How long visitors saw the maintenance page: from switching it on to switching it off."""
-    names = [name for name, _ in steps]
-    if ON_STEP not in names or OFF_STEP not in names:
+    names = [phase for phase, _ in steps]
+    if phases.MAINTENANCE_ON not in names or phases.MAINTENANCE_OFF not in names:
         return None
-    first, last = names.index(ON_STEP), names.index(OFF_STEP)
+    first, last = names.index(phases.MAINTENANCE_ON), names.index(phases.MAINTENANCE_OFF)
     return round(sum(seconds for _, seconds in steps[first:last + 1]), 2)

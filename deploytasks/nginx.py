@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from . import phases
 from .config import Config
 from .layout import Layout
 from .plan import Put, Step, cmd, sh
@@ -39,7 +40,7 @@ def site(config: Config) -> str:
         "health_path": config.health_path,
         "ready_path": config.ready_path,
         "version_path": config.version_path,
-        "nginx_dir": layout.nginx_dir,
+        "site_additions": layout.site_additions,
         "maintenance_flag": layout.maintenance_flag,
         "retry_after": RETRY_AFTER_SECONDS,
         "maintenance_page": _nginx_string(config.maintenance_page.read_text(), config),
@@ -65,10 +66,6 @@ def probe(config: Config, path: str, *curl_options: str) -> tuple[str, ...]:
     """A request through the host's nginx to this site, as a visitor makes it."""
     return ("curl", *curl_options, "--max-time", "5", "-H", f"Host: {probe_host(config)}",
             f"http://127.0.0.1:{config.nginx_listen}{path}")
-
-
-def site_path(config: Config) -> str:
-    return f"{config.nginx_site_dir}/{config.app_name}.conf"
 
 
 _INSTALL = r"""
@@ -101,13 +98,14 @@ def install_step(config: Config, rendered_path: str) -> Step:
     The site does not name a colour, so it changes only with the configuration: most deploys
     skip the reload (and the keep-alive resets every reload causes). Undo puts the previous
     site back if this step replaced it."""
-    previous = f"{config.nginx_site_dir}/.{config.app_name}.conf.previous"
+    layout = Layout.of(config)
     return Step(
-        "nginx site",
+        phases.NGINX,
         (
-            cmd("mkdir", "-p", f"{Layout.of(config).nginx_dir}/site.d"),
+            cmd("mkdir", "-p", layout.site_additions),
             Put(rendered_path, site(config).encode()),
-            cmd(*sh(_INSTALL, rendered_path, site_path(config), previous, config.nginx_conf)),
+            cmd(*sh(_INSTALL, rendered_path, layout.site, layout.previous_site, config.nginx_conf)),
         ),
-        undo=(cmd(*sh(_RESTORE, site_path(config), previous, config.nginx_conf)),),
+        undo=(cmd(*sh(_RESTORE, layout.site, layout.previous_site, config.nginx_conf)),),
+        label="nginx site",
     )

@@ -10,8 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import history, lock, maintenance, registry, releases, shas, source
-from .backends import containers, processes
+from . import backends, deploys, history, lock, maintenance, phases, releases, shas
 from .config import Config
 from .remote.connection import connect
 from .remote.console import Console
@@ -78,25 +77,15 @@ def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = T
     """Deploy `sha` to every host of the target; returns host -> SHA now serving. `window`:
     switch inside a maintenance window (for migrations the old version cannot run beside).
     `fast` (process releases): reuse dependencies and builds whose inputs did not change."""
-    sha = shas.check(sha)
     config = target.config
-    if config.mode == "processes":
-        if window:
-            raise ConfigError("--maintenance is for container releases (MODE=containers)")
-        code = source.read(config, sha)  # the commit exists and is archived before any connection
-        sha = code.sha
+    backend = backends.of(config, shas.check(sha), fast=fast)  # the artifact exists: checked before connecting
+    if window and not backend.windows:
+        raise ConfigError("--maintenance is for container releases (MODE=containers)")
+    sha = backend.sha
 
-        def plan_for(state: HostState) -> Plan:
-            return processes.deploy(config, state, code, releases.name(code.sha), migrate=migrate, fast=fast, kind=kind)
-    else:
-        if fast:
-            raise ConfigError("--fast is for process releases (MODE=processes): container images are prebuilt")
-        missing = registry.missing(config.images, sha)
-        if missing:
-            raise ConfigError(f"image(s) for {sha} not in the registry; nothing was changed", missing)
-
-        def plan_for(state: HostState) -> Plan:
-            return containers.deploy(config, state, sha, releases.name(sha), migrate=migrate, kind=kind, window=window)
+    def plan_for(state: HostState) -> Plan:
+        return deploys.deploy(config, state, backend, sha, releases.name(sha), migrate=migrate, kind=kind,
+                              window=window)
 
     return _each_host(target, kind, sha, plan_for, dry_run=dry_run, force_unlock=force_unlock, echo=echo)
 
@@ -106,12 +95,10 @@ def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dr
     """Without `to`: back to the colour that served before. With `to`: redeploy an earlier SHA
     from history, without migrations unless asked (process releases reuse what they can)."""
     if to:
-        is_process = target.config.mode == "processes"
-        to = source.resolve(target.config, shas.check(to)) if is_process else shas.check(to)
         return deploy(target, to, dry_run=dry_run, migrate=migrate, force_unlock=force_unlock,
-                      kind="rollback", fast=is_process, echo=echo)
-    plans = processes if target.config.mode == "processes" else containers
-    return _each_host(target, "rollback", None, lambda state: plans.rollback(target.config, state),
+                      kind="rollback", fast=target.config.mode == "processes", echo=echo)
+    backend = backends.of(target.config)
+    return _each_host(target, "rollback", None, lambda state: deploys.rollback(target.config, state, backend),
                       dry_run=dry_run, force_unlock=force_unlock, echo=echo)
 
 
@@ -164,7 +151,7 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
                                                                  started, [], failed_after=failure.completed)))
         except TRANSPORT_ERRORS:
             remote.console("! could not record the failure in the host's history")
-        if plan.summary.get("window") and "migrate" in failure.completed:
+        if plan.summary.get("window") and phases.MIGRATE in failure.completed:
             failure.details.append("the migration had already run: the previous version was started again on the "
                                    "new schema; see `status` for whether maintenance mode is still on")
         raise

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
-from . import shas
+from . import phases, shas
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,26 @@ Action = Cmd | Put | Poll | Wait
 
 @dataclass(frozen=True)
 class Step:
-    """A named phase. `undo` runs (in reverse plan order) when this or a later step fails;
-    `diagnose` commands are run and shown when this step fails. A `best_effort` step comes
-    after the point of no return: its failure is a warning, never a reason to undo."""
+    """One phase of a plan (see phases.py), shown as `label`. `undo` runs (in reverse plan
+    order) when this or a later step fails; `diagnose` commands are run and shown when this
+    step fails. A `best_effort` step comes after the point of no return: its failure is a
+    warning, never a reason to undo."""
 
-    name: str
+    phase: str
     actions: tuple[Action, ...]
     undo: tuple[Cmd, ...] = ()
     diagnose: tuple[Cmd, ...] = ()
     best_effort: bool = False
+    label: str = ""
+
+    def __post_init__(self):
+        if self.phase not in phases.ALL:
+            raise ValueError(f"unknown phase {self.phase!r}")
+
+    @property
+    def name(self) -> str:
+        """What users read: the label, or the phase itself."""
+        return self.label or self.phase
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,12 @@ class Plan:
     sha: str
     steps: tuple[Step, ...]
     summary: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        seen = [step.phase for step in self.steps]
+        twice = sorted({phase for phase in seen if seen.count(phase) > 1})
+        if twice:  # history and hooks key on phases: each names one step
+            raise ValueError(f"phase(s) {', '.join(twice)} appear twice in the {self.kind} plan")
 
     def describe(self) -> list[str]:
         """The plan as text: every command and every file, secrets masked."""

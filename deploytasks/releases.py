@@ -5,11 +5,13 @@ instant rollbacks.
 """
 from __future__ import annotations
 
+import posixpath
 import time
 
+from . import phases
 from .facts import HostState
 from .layout import COLOURS, Layout
-from .plan import Step, cmd
+from .plan import Cmd, Step, cmd
 
 def name(sha: str, now: float | None = None) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time())) + f"-{sha}"
@@ -19,13 +21,14 @@ def timestamp(release: str) -> str:
     return release.split("-", 1)[0]
 
 
-def prepare_step(layout: Layout, release_dir: str) -> Step:
-    dirs = [release_dir, f"{release_dir}/nginx", layout.shared, layout.state, layout.nginx_dir]
-    dirs += [layout.run_dir(colour) for colour in COLOURS]
+def prepare_step(layout: Layout, release: str) -> Step:
+    release_dir = layout.release(release)
+    dirs = [release_dir, posixpath.dirname(layout.rendered_site(release)), layout.shared, layout.state,
+            layout.nginx_dir, *(layout.run_dir(colour) for colour in COLOURS)]
     # nginx's workers reach the live socket through these and check the maintenance flag in state/,
     # whatever the SSH session's umask
     reachable = (layout.root, layout.state, layout.run, *(layout.run_dir(c) for c in COLOURS))
-    return Step("prepare", (cmd("mkdir", "-p", *dirs), cmd("chmod", "755", *reachable)),
+    return Step(phases.PREPARE, (cmd("mkdir", "-p", *dirs), cmd("chmod", "755", *reachable)),
                 undo=(cmd("rm", "-rf", release_dir),))
 
 
@@ -36,7 +39,7 @@ def to_delete(state: HostState, keep_count: int, keep: tuple[str, ...] = ()) -> 
     return [r for r in candidates if r not in newest and r not in protected]
 
 
-def cleanup_step(layout: Layout, state: HostState, keep_count: int, keep: tuple[str, ...] = ()) -> Step:
-    doomed = to_delete(state, keep_count, keep)
+def cleanup_step(layout: Layout, doomed: list[str], then: tuple[Cmd, ...] = ()) -> Step:
+    """Remove the `doomed` releases, then whatever the backend frees with them (`then`)."""
     actions = (cmd("rm", "-rf", *(layout.release(r) for r in doomed)),) if doomed else ()
-    return Step(f"cleanup ({len(doomed)} old release(s))", actions, best_effort=True)
+    return Step(phases.CLEANUP, (*actions, *then), best_effort=True, label=f"cleanup ({len(doomed)} old release(s))")

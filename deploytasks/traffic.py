@@ -5,7 +5,7 @@ unix socket, and both switch by swapping the live symlink nginx connects through
 """
 from __future__ import annotations
 
-from . import nginx
+from . import nginx, phases
 from .config import Config
 from .errors import DeployError
 from .facts import HostState, release_sha
@@ -35,37 +35,39 @@ def readiness(config: Config, colour: str, diagnose: tuple[Cmd, ...] = ()) -> St
     layout = Layout.of(config)
     probe = ("curl", "-fsS", "--max-time", "5", "--unix-socket", layout.socket(colour),
              f"http://localhost{config.ready_path}")
-    return Step(f"ready: {colour}", (Poll(probe, config.health_timeout, config.health_interval),), diagnose=diagnose)
+    return Step(phases.READY, (Poll(probe, config.health_timeout, config.health_interval),), diagnose=diagnose,
+                label=f"ready: {colour}")
 
 
 def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
     """Send new connections to `colour`; undo puts back the live colour, the colour's old
     release and `current` as the host had them."""
     layout = Layout.of(config)
-    release_dir = f"../releases/{release}"
     was = {"live": state.live, "colour": state.release_of(colour), "current": state.current}
     return Step(
-        f"switch to {colour}",
+        phases.SWITCH,
         # what the colour runs first: a crash after it leaves the host truthful, not switched
-        (point_links((release_dir, layout.colour_link(colour)),
-                     (f"{colour}/{layout.web}.sock", layout.live_socket),
-                     (f"releases/{release}", layout.current)),),
-        undo=(point_links((was["live"] and f"{was['live']}/{layout.web}.sock", layout.live_socket),
-                          (was["colour"] and f"../releases/{was['colour']}", layout.colour_link(colour)),
-                          (was["current"] and f"releases/{was['current']}", layout.current)),),
+        (point_links((layout.colour_target(release), layout.colour_link(colour)),
+                     (layout.live_target(colour), layout.live_socket),
+                     (layout.current_target(release), layout.current)),),
+        undo=(point_links((was["live"] and layout.live_target(was["live"]), layout.live_socket),
+                          (was["colour"] and layout.colour_target(was["colour"]), layout.colour_link(colour)),
+                          (was["current"] and layout.current_target(was["current"]), layout.current)),),
+        label=f"switch to {colour}",
     )
 
 
 def verify(config: Config, sha: str) -> Step:
     """The new SHA answers through the host's nginx, as users reach it."""
-    return Step("check through nginx", (Poll(nginx.probe(config, config.version_path, "-fsS"),
-                                              min(config.health_timeout, 30), config.health_interval, expect=sha),))
+    return Step(phases.VERIFY, (Poll(nginx.probe(config, config.version_path, "-fsS"),
+                                     min(config.health_timeout, 30), config.health_interval, expect=sha),),
+                label="check through nginx")
 
 
 def drain(colour: str, stop: tuple[Cmd, ...]) -> Step:
     """Let the old colour finish what it has, then stop it (kept for an instant rollback)."""
-    return Step(f"drain {colour}", (Wait(SETTLE_SECONDS, "let the old colour accept what nginx already sent it"), *stop),
-                best_effort=True)
+    return Step(phases.DRAIN, (Wait(SETTLE_SECONDS, "let the old colour accept what nginx already sent it"), *stop),
+                best_effort=True, label=f"drain {colour}")
 
 
 def switch_over(config: Config, state: HostState, colour: str, release: str, sha: str,

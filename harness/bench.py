@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from deploytasks import config as configuration
-from deploytasks import operations, traffic
+from deploytasks import operations, phases, traffic
 from deploytasks.backends import compose, processes
 from deploytasks.facts import HostState, release_sha
 from deploytasks.layout import Layout
@@ -86,7 +86,7 @@ def gunicorn_hup(target: operations.Target) -> None:
     """The classic process switch: `kill -HUP` the live gunicorn (new workers, same socket)."""
 
     def hup(remote: Remote, state: HostState) -> None:
-        signal = Step("kill -HUP", (cmd("kill", "-HUP", str(state.processes[state.live])),))
+        signal = Step(phases.START, (cmd("kill", "-HUP", str(state.processes[state.live])),), label="kill -HUP")
         execute(remote, Plan("baseline", "", (signal, traffic.readiness(target.config, state.live))))
 
     _on_live(target, hup)
@@ -150,7 +150,7 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
     if scenario.window:
         history = _state(target).history
         steps = history[-1].get("steps", {}) if history else {}
-        row.update(window_s=summary.window_s, migration_s=steps.get("migrate"),
+        row.update(window_s=summary.window_s, migration_s=steps.get(phases.MIGRATE),
                    maintenance_pages=sum(1 for s in load.samples if s.status == 503))
     return row
 

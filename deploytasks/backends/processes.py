@@ -1,7 +1,7 @@
-"""Plans for process releases: gunicorn on the host, one per colour, no containers.
+"""Process releases: gunicorn on the host, one per colour, no containers.
 
-    prepare -> backup -> upload code -> shared links -> dependencies -> build -> nginx site
-            -> migrate -> start colour -> ready -> switch -> check through nginx -> drain old -> cleanup
+Staging a release: backup -> upload code -> shared links -> dependencies -> build (the rest of
+the deploy is the shared skeleton in deploys.py).
 
 The code of the SHA goes into releases/<UTC-ts>-<sha>/; its virtualenv lives in
 shared/venvs/<requirements-hash>-<UTC-ts>/ and is linked in, so `--fast` can reuse one built
@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import shlex
 
-from .. import nginx, traffic
+from .. import phases, traffic
 from ..config import Config
-from ..facts import HostState, release_sha
-from ..layout import APP_ENV, Layout, other
-from ..plan import Cmd, Plan, Put, Step, cmd, sh
-from ..releases import cleanup_step, prepare_step, timestamp
+from ..facts import HostState
+from ..layout import APP_ENV, RELEASE_META, RELEASE_VENV, Layout
+from ..plan import Cmd, Put, Step, cmd, sh
+from ..releases import timestamp
 from ..source import Source
-
-META = ".deploytasks"  # per-release files of ours: env wrapper, build hash and time
 
 _DEPENDENCIES = r"""
 venvs=$1; requirements=$2; python=$3; link=$4; reuse=$5; stamp=$6
@@ -52,13 +50,13 @@ echo "dependencies: installed into $(basename "$venv") in ${seconds}s"
 """
 
 _BUILD = r"""
-release=$1; previous=$2; output=$3; hash=$4; reuse=$5; shift 5
-meta="$release/.deploytasks"
+release=$1; previous=$2; ours=$3; output=$4; hash=$5; reuse=$6; shift 6
+meta="$release/$ours"
 if [ "$reuse" = yes ] && [ -n "$previous" ] && [ -e "$previous/$output" ] \
-   && [ "$(cat "$previous/.deploytasks/build-hash" 2>/dev/null)" = "$hash" ]; then
+   && [ "$(cat "$previous/$ours/build-hash" 2>/dev/null)" = "$hash" ]; then
     rm -rf "$release/$output"
     cp -a "$previous/$output" "$release/$output" || exit 1
-    cp "$previous/.deploytasks/build-seconds" "$meta/build-seconds" || exit 1
+    cp "$previous/$ours/build-seconds" "$meta/build-seconds" || exit 1
     echo "build: reused $output from $(basename "$previous") (inputs unchanged; saved ~$(cat "$meta/build-seconds")s)"
 else
     start=$(date +%s%N)
@@ -86,25 +84,31 @@ rm -f "$pidfile"
 """
 
 _BACKUP = r"""
-root=$1; name=$2; site=$3; keep=$4; shift 4
+root=$1; backups=$2; name=$3; site=$4; keep=$5; shift 5
+# then: the members to keep (relative to root), "--", the members to leave out
 umask 077
-dir="$root/.backups/$name"
+dir="$backups/$name"
 mkdir -p "$dir" && cd "$root" || exit 1
-members=$(for m in current run/*.sock state shared; do [ -e "$m" ] || [ -L "$m" ] && echo "$m"; done)
-excludes="--exclude=state/lock --exclude=shared/logs --exclude=shared/venvs"
-for data in "$@"; do excludes="$excludes --exclude=shared/$data"; done
+members=""
+while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do
+    if [ -e "$1" ] || [ -L "$1" ]; then members="$members $1"; fi
+    shift
+done
+shift
+excludes=""
+for skip in "$@"; do excludes="$excludes --exclude=$skip"; done
 if [ -n "$members" ]; then tar -cf "$dir/deploy.tar" $excludes $members || exit 1; fi
 if [ -f "$site" ]; then cp -p "$site" "$dir/nginx-site.conf" || exit 1; fi
-ls -1d "$root"/.backups/*/ | sort | head -n -"$keep" | xargs -r rm -rf
+ls -1d "$backups"/*/ | sort | head -n -"$keep" | xargs -r rm -rf
 echo "backup: $dir"
 """
 
 _UNUSED_VENVS = r"""
-root=$1
-for venv in "$root"/shared/venvs/*/; do
+venvs=$1; releases=$2; name=$3
+for venv in "$venvs"/*/; do
     venv=${venv%/}; [ -d "$venv" ] || continue
     used=no
-    for link in "$root"/releases/*/.venv; do [ "$(readlink "$link")" = "$venv" ] && used=yes; done
+    for link in "$releases"/*/"$name"; do [ "$(readlink "$link")" = "$venv" ] && used=yes; done
     if [ "$used" = no ]; then rm -rf "$venv"; echo "removed unused virtualenv $(basename "$venv")"; fi
 done
 true
@@ -124,7 +128,7 @@ def env_wrapper(config: Config, release_dir: str, sha: str) -> str:
         f"cd {shlex.quote(release_dir)} || exit 1",
         f"set -a; . ./{APP_ENV}; set +a",
         f"export DEPLOY_SHA={sha} DEPLOY_ENV={shlex.quote(config.env)}",
-        f'export PATH={shlex.quote(release_dir + "/.venv/bin")}:"$PATH"',
+        f'export PATH={shlex.quote(f"{release_dir}/{RELEASE_VENV}/bin")}:"$PATH"',
         'exec "$@"',
         "",
     ])
@@ -138,8 +142,8 @@ class Gunicorn:
         layout = Layout.of(config)
         self.layout = layout
         self.dir = layout.release(release)
-        self.pidfile = f"{layout.run_dir(colour)}/gunicorn.pid"
-        self.script = f"{layout.run_dir(colour)}/start.sh"
+        self.pidfile = layout.pidfile(colour)
+        self.script = layout.start_script(colour)
         supervisor = config.processes.supervisor
         self.systemd = supervisor == "systemd" or (supervisor == "auto" and state.systemd)
 
@@ -152,24 +156,35 @@ class Gunicorn:
         processes, layout = self.config.processes, self.layout
         argv = ["--pid", self.pidfile, "--bind", f"unix:{layout.socket(self.colour)}", "--chdir", self.dir,
                 "--workers", str(processes.workers), "--graceful-timeout", str(int(self.config.drain_timeout)),
-                "--error-logfile", f"{layout.shared}/logs/{self.colour}.log", "--capture-output"]
+                "--error-logfile", layout.log(self.colour), "--capture-output"]
         return "\n".join([
             "#!/bin/sh",
             f"# Rendered by deploytasks: {self.config.app_name} {self.release} as the {self.colour} colour.",
             f"export DEPLOY_COLOUR={self.colour} APP_SOCKET={shlex.quote(layout.socket(self.colour))}",
-            f"exec {shlex.quote(self.dir)}/{META}/run gunicorn {shlex.join(argv)} \"$@\" {shlex.quote(processes.app_module)}",
+            f"exec {shlex.quote(self.dir)}/{RELEASE_META}/run gunicorn {shlex.join(argv)} \"$@\" {shlex.quote(processes.app_module)}",
             "",
         ])
 
-    def start(self) -> Step:
+    def start(self, *, fresh: bool = True) -> Step:
+        """Write this colour's start script and (re)start its gunicorn from its release; the
+        same for a new release and for a rollback (the release and its venv are all there)."""
         actions: list = [Put(self.script, self.start_script().encode(), mode=0o755)]
         if self.systemd:  # enabled while it is a colour that may serve; drain disables it
             actions += [Put(f"/etc/systemd/system/{self.config.app_name}@.service", unit_file(self.config).encode()),
-                        cmd("systemctl", "daemon-reload"), cmd("rm", "-f", self.layout.socket(self.colour)),
-                        cmd("systemctl", "enable", self.unit), cmd("systemctl", "restart", self.unit)]
-        else:
-            actions += [self.stop(), cmd("rm", "-f", self.layout.socket(self.colour)), cmd("sh", self.script, "--daemon")]
-        return Step(f"start {self.colour}", tuple(actions), undo=(self.stop(),), diagnose=self.diagnostics())
+                        cmd("systemctl", "daemon-reload"), cmd("systemctl", "enable", self.unit)]
+        return Step(phases.START, (*actions, *self.restart()), undo=(self.stop(),), diagnose=self.diagnostics(),
+                    label=f"start {self.colour}")
+
+    def restart(self) -> tuple[Cmd, ...]:
+        fresh_socket = cmd("rm", "-f", self.layout.socket(self.colour))
+        if self.systemd:
+            return fresh_socket, cmd("systemctl", "restart", self.unit)
+        return self.stop(), fresh_socket, cmd("sh", self.script, "--daemon")
+
+    def migrate(self) -> Step:
+        """MIGRATE_COMMAND in the release, with the app's env and virtualenv."""
+        run = f"{self.dir}/{RELEASE_META}/run"
+        return Step(phases.MIGRATE, (cmd(run, *self.config.migrate_command, stream=True),))
 
     def stop(self) -> Cmd:
         if self.systemd:
@@ -177,7 +192,7 @@ class Gunicorn:
         return cmd(*sh(_STOP, self.pidfile, str(int(self.config.drain_timeout) + 5)))
 
     def diagnostics(self) -> tuple[Cmd, ...]:
-        return (cmd("tail", "-n", "30", f"{self.layout.shared}/logs/{self.colour}.log"),)
+        return (cmd("tail", "-n", "30", self.layout.log(self.colour)),)
 
     def ready(self) -> Step:
         return traffic.readiness(self.config, self.colour, diagnose=self.diagnostics())
@@ -193,7 +208,7 @@ def unit_file(config: Config) -> str:
         "",
         "[Service]",
         "Type=simple",
-        f"ExecStart=/bin/sh {layout.run}/%i/start.sh",
+        f"ExecStart=/bin/sh {layout.start_script('%i')}",
         "KillSignal=SIGTERM",
         f"TimeoutStopSec={int(config.drain_timeout) + 5}",
         "Restart=on-failure",
@@ -204,60 +219,67 @@ def unit_file(config: Config) -> str:
     ])
 
 
-def deploy(config: Config, state: HostState, source: Source, release: str, *, migrate: bool = True,
-           fast: bool = False, kind: str = "deploy") -> Plan:
-    layout = Layout.of(config)
-    processes = config.processes
-    new = Gunicorn(config, state, other(state.live), release)
-    meta = f"{new.dir}/{META}"
-    steps = [
-        prepare_step(layout, new.dir),
-        Step("backup", (cmd(*sh(_BACKUP, layout.root, timestamp(release), nginx.site_path(config),
-                                 str(config.keep_releases), *processes.shared_paths)),)),
-        Step("upload code", (
-            cmd("mkdir", "-p", meta, f"{layout.shared}/logs", f"{layout.shared}/venvs"),
-            Put(f"{new.dir}/.source.tar", source.archive),
-            cmd("tar", "-xf", f"{new.dir}/.source.tar", "-C", new.dir),
-            cmd("rm", "-f", f"{new.dir}/.source.tar"),
-            Put(f"{new.dir}/{APP_ENV}", app_env(config.app_env).encode(), mode=0o600, secret=True),
-            Put(f"{meta}/run", env_wrapper(config, new.dir, source.sha).encode(), mode=0o755),
-        )),
-    ]
-    if processes.shared_paths:
-        steps.append(Step("shared links", tuple(
-            action for path in processes.shared_paths for action in (
-                cmd("mkdir", "-p", f"{layout.shared}/{path}"),
-                cmd("rm", "-rf", f"{new.dir}/{path}"),
-                cmd("ln", "-sfn", f"{layout.shared}/{path}", f"{new.dir}/{path}"),
-            )
-        )))
-    steps.append(Step("dependencies", (cmd(*sh(
-        _DEPENDENCIES, f"{layout.shared}/venvs", f"{new.dir}/{processes.requirements}", processes.python,
-        f"{new.dir}/.venv", "yes" if fast else "no", timestamp(release), source.requirements_hash or "none"),
-        stream=True),)))
-    if processes.build_command:
-        previous = layout.release(state.release_of(state.live)) if state.release_of(state.live) else ""
-        steps.append(Step("build", (cmd(*sh(_BUILD, new.dir, previous, processes.build_output, source.build_hash,
-                                            "yes" if fast else "no", *processes.build_command), stream=True),)))
-    steps.append(nginx.install_step(config, f"{new.dir}/nginx/site.conf"))
-    if migrate and config.migrate_command:
-        steps.append(Step("migrate", (cmd(f"{meta}/run", *config.migrate_command, stream=True),)))
-    old = Gunicorn(config, state, state.live, state.release_of(state.live) or "") if state.live else None
-    steps += [new.start(), new.ready(),
-              *traffic.switch_over(config, state, new.colour, release, source.sha, (old.stop(),) if old else ())]
-    cleanup = cleanup_step(layout, state, config.keep_releases, keep=(release,))
-    steps.append(Step(cleanup.name, (*cleanup.actions, cmd(*sh(_UNUSED_VENVS, layout.root))), best_effort=True))
-    return Plan(kind, source.sha, tuple(steps), {"colour": new.colour, "release": release,
-                                                 "previous": release_sha(state.release_of(state.live)), "window": False})
+class Processes:
+    """The process backend, for the code of one commit (None: only rollbacks to what a host has)."""
+
+    windows = False  # not yet: the maintenance window is exercised for containers only
+
+    def __init__(self, config: Config, code: Source | None = None, *, fast: bool = False):
+        self.config, self.source, self.fast = config, code, fast
+        self.sha = code.sha if code else None
+
+    def colour(self, state: HostState, colour: str, release: str) -> Gunicorn:
+        return Gunicorn(self.config, state, colour, release or "")
+
+    def stage(self, state: HostState, new: Gunicorn) -> list[Step]:
+        config, code = self.config, self.source
+        processes, layout = config.processes, Layout.of(config)
+        meta = f"{new.dir}/{RELEASE_META}"
+        reuse = "yes" if self.fast else "no"
+        steps = [
+            Step(phases.BACKUP, (backup(layout, timestamp(new.release), config.keep_releases, processes.shared_paths),)),
+            Step(phases.UPLOAD, (
+                cmd("mkdir", "-p", meta, layout.logs, layout.venvs),
+                Put(f"{new.dir}/.source.tar", code.archive),
+                cmd("tar", "-xf", f"{new.dir}/.source.tar", "-C", new.dir),
+                cmd("rm", "-f", f"{new.dir}/.source.tar"),
+                Put(f"{new.dir}/{APP_ENV}", app_env(config.app_env).encode(), mode=0o600, secret=True),
+                Put(f"{meta}/run", env_wrapper(config, new.dir, code.sha).encode(), mode=0o755),
+            ), label="upload code"),
+        ]
+        if processes.shared_paths:
+            steps.append(Step(phases.SHARED_LINKS, tuple(
+                action for path in processes.shared_paths for action in (
+                    cmd("mkdir", "-p", f"{layout.shared}/{path}"),
+                    cmd("rm", "-rf", f"{new.dir}/{path}"),
+                    cmd("ln", "-sfn", f"{layout.shared}/{path}", f"{new.dir}/{path}"),
+                )
+            ), label="shared links"))
+        steps.append(Step(phases.DEPENDENCIES, (cmd(*sh(
+            _DEPENDENCIES, layout.venvs, f"{new.dir}/{processes.requirements}", processes.python,
+            f"{new.dir}/{RELEASE_VENV}", reuse, timestamp(new.release), code.requirements_hash or "none"),
+            stream=True),)))
+        if processes.build_command:
+            previous = layout.release(state.release_of(state.live)) if state.release_of(state.live) else ""
+            steps.append(Step(phases.BUILD, (cmd(*sh(_BUILD, new.dir, previous, RELEASE_META, processes.build_output,
+                                                     code.build_hash, reuse, *processes.build_command),
+                                                 stream=True),)))
+        return steps
+
+    def freed(self, state: HostState, doomed: list[str], kept: list[str]) -> tuple[Cmd, ...]:
+        """Virtualenvs no remaining release links to."""
+        return (unused_venvs(Layout.of(self.config)),)
 
 
-def rollback(config: Config, state: HostState) -> Plan:
-    """Back to the previous release: start its colour again (its venv and build are still
-    there), gate, switch, drain. No dependencies, no build, no migration."""
-    colour, release, sha = traffic.rollback_target(state)
-    target = Gunicorn(config, state, colour, release)
-    old = Gunicorn(config, state, state.live, state.release_of(state.live) or "")
-    steps = [target.start(), target.ready(), *traffic.switch_over(config, state, colour, release, sha, (old.stop(),))]
-    return Plan("rollback", sha, tuple(steps), {"colour": colour, "release": release,
-                                                "previous": release_sha(state.release_of(state.live))})
+def backup(layout: Layout, name: str, keep: int, shared_paths: tuple[str, ...]) -> Cmd:
+    """.backups/<name>/: what a rollback needs that is not in releases/ (the links, state and
+    shared files, the nginx site); not the lock (a restored lock would block every deploy),
+    logs, virtualenvs or SHARED_PATHS (user data is the database backups' job)."""
+    members = [layout.current, layout.live_socket, layout.state, layout.shared]
+    skipped = [layout.lock, layout.logs, layout.venvs, *(f"{layout.shared}/{path}" for path in shared_paths)]
+    return cmd(*sh(_BACKUP, layout.root, layout.backups, name, layout.site, str(keep),
+                   *map(layout.relative, members), "--", *map(layout.relative, skipped)))
 
+
+def unused_venvs(layout: Layout) -> Cmd:
+    return cmd(*sh(_UNUSED_VENVS, layout.venvs, layout.releases, RELEASE_VENV))

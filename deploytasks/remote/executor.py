@@ -120,10 +120,10 @@ def execute(remote: Remote, plan: Plan) -> Outcome:
             if not isinstance(failure, Interrupted):
                 _diagnose(remote, step)
             _undo(remote, done + [step])
-            failure.completed = [s.name for s in done]
+            failure.completed = [s.phase for s in done]
             raise
         seconds = time.monotonic() - started
-        outcome.steps.append((step.name, seconds))
+        outcome.steps.append((step.phase, seconds))
         remote.console(f"   ok {step.name} ({seconds:.1f}s)")
         done.append(step)
     return outcome

@@ -14,6 +14,9 @@ for _path in (REPO, Path(__file__).resolve().parent):  # deploytasks, tasks.py, 
         sys.path.insert(0, str(_path))
 
 from deploytasks import config as configuration  # noqa: E402
+from deploytasks import deploys  # noqa: E402
+from deploytasks.backends.containers import Containers  # noqa: E402
+from deploytasks.backends.processes import Processes  # noqa: E402
 from deploytasks.facts import HostState  # noqa: E402
 
 SHA_OLD = "aaaaaaa"
@@ -64,6 +67,23 @@ def replace_keys(text: str, **changes: str | None) -> str:
             lines.append(line)
     lines += [f"{k}={v}" for k, v in changes.items() if k not in seen and v is not None]
     return "\n".join(lines) + "\n"
+
+
+def container_deploy(config, state, sha, release, **options):
+    """The deploy plan of a container release (no registry: the images are taken as present)."""
+    return deploys.deploy(config, state, Containers(config, sha), sha, release, **options)
+
+
+def container_rollback(config, state):
+    return deploys.rollback(config, state, Containers(config))
+
+
+def process_deploy(config, state, code, release, *, fast=False, **options):
+    return deploys.deploy(config, state, Processes(config, code, fast=fast), code.sha, release, **options)
+
+
+def process_rollback(config, state):
+    return deploys.rollback(config, state, Processes(config))
 
 
 def step_named(plan, name: str):

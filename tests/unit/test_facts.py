@@ -9,7 +9,8 @@ import sys
 import pytest
 from conftest import REL_NEW, REL_OLD, SHA_NEW, SHA_OLD
 
-from deploytasks import facts
+from deploytasks import facts, lock, maintenance, nginx, traffic
+from deploytasks.backends import processes
 from deploytasks.layout import Layout, other
 from deploytasks.operations import describe_state
 
@@ -91,8 +92,30 @@ def test_container_health(status, healthy):
 
 
 def test_read_command_passes_paths_as_arguments():
-    argv = facts.read_command(Layout("/srv/my app", "web"))
-    assert argv[:3] == ("sh", "-c", facts._SCRIPT) and argv[3:] == ("sh", "/srv/my app", "web")
+    layout = Layout("/srv/my app", "web")
+    argv = facts.read_command(layout)
+    assert argv[:3] == ("sh", "-c", facts._SCRIPT) and argv[3:] == (
+        "sh", layout.colour_link("blue"), layout.colour_link("green"), layout.live_socket, layout.current,
+        layout.maintenance_flag, layout.releases, layout.lock, layout.lock_info, layout.history,
+        layout.pidfile("blue"), layout.pidfile("green"))
+
+
+SCRIPTS = {
+    "facts": facts._SCRIPT, "lock acquire": lock._ACQUIRE, "lock release": lock._RELEASE,
+    "backup": processes._BACKUP, "unused venvs": processes._UNUSED_VENVS, "build": processes._BUILD,
+    "dependencies": processes._DEPENDENCIES, "stop": processes._STOP, "links": traffic._POINT_LINKS,
+    "nginx install": nginx._INSTALL, "nginx restore": nginx._RESTORE, "lift": maintenance._LIFT_IF_READY,
+}
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_no_script_spells_a_path_of_the_layout(name):
+    """Layout is the only place remote paths are spelled: scripts get them as arguments."""
+    spelled = [part for part in ("/releases", "/state", "/current", "/shared", "/.backups", "/venvs",
+                                 "/logs", "info.json", "gunicorn.pid", "history.jsonl", ".deploytasks", "/.venv",
+                                 "conf.d", "web.sock")
+               if part in SCRIPTS[name]]
+    assert spelled == []
 
 
 def test_other_colour():

@@ -59,14 +59,15 @@ def test_acquire_argv_passes_values_as_separate_arguments():
     argv = lock.acquire_argv(LAYOUT, info)
     assert argv[:2] == ("sh", "-c") and argv[3] == "sh"
     assert argv[2] == lock._ACQUIRE
-    assert argv[4:] == ("/srv/example/state/lock", json.dumps(info, sort_keys=True))
+    assert argv[4:] == ("/srv/example/state/lock", "info.json", json.dumps(info, sort_keys=True))
     assert "mallory" not in argv[2] and "$(id)" not in argv[2]
-    assert json.loads(argv[5]) == info
+    assert json.loads(argv[6]) == info
 
 
 def test_release_argv_removes_only_our_lock():
     argv = lock.release_argv(LAYOUT, INFO)
-    assert argv == ("sh", "-c", lock._RELEASE, "sh", "/srv/example/state/lock", "tok-1")
+    assert argv == ("sh", "-c", lock._RELEASE, "sh", "/srv/example/state/lock", "/srv/example/state/lock/info.json",
+                    "tok-1")
     assert lock.force_release_argv(LAYOUT) == ("rm", "-rf", "/srv/example/state/lock")
 
 

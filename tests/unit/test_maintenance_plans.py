@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW, step_named as _step, step_names as _names
+from conftest import container_deploy, REL_NEW, REL_OLD, REPO, SHA_NEW, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
 from deploytasks import maintenance, nginx, traffic
@@ -84,15 +84,15 @@ def test_maintenance_probe_addresses_the_apps_server_like_verify(local_config):
 # --- window_seconds -------------------------------------------------------------------------
 
 def test_window_seconds_spans_on_to_off_inclusive():
-    steps = [("prepare", 1.0), ("start green", 9.0), ("maintenance on", 0.5), ("stop blue", 2.0), ("migrate", 3.25),
-             ("ready: green", 0.5), ("switch to green", 0.1), ("maintenance off", 0.05), ("check through nginx", 1.0)]
+    steps = [("prepare", 1.0), ("start", 9.0), ("maintenance-on", 0.5), ("stop-old", 2.0), ("migrate", 3.25),
+             ("ready", 0.5), ("switch", 0.1), ("maintenance-off", 0.05), ("verify", 1.0)]
     assert maintenance.window_seconds(steps) == 6.4
 
 
 def test_window_seconds_rounds_and_needs_both_ends():
-    assert maintenance.window_seconds([("maintenance on", 0.123), ("maintenance off", 0.004)]) == 0.13
-    assert maintenance.window_seconds([("prepare", 1.0), ("maintenance on", 1.0), ("migrate", 2.0)]) is None
-    assert maintenance.window_seconds([("maintenance off", 1.0)]) is None
+    assert maintenance.window_seconds([("maintenance-on", 0.123), ("maintenance-off", 0.004)]) == 0.13
+    assert maintenance.window_seconds([("prepare", 1.0), ("maintenance-on", 1.0), ("migrate", 2.0)]) is None
+    assert maintenance.window_seconds([("maintenance-off", 1.0)]) is None
     assert maintenance.window_seconds([]) is None
 
 
@@ -160,7 +160,7 @@ def test_maintenance_stays_on_when_the_old_colour_never_answers(lift):
     assert "MAINTENANCE STAYS ON: the previous version is not ready either" in out.stderr
 
 
-# --- containers.deploy(..., window=True) ------------------------------------------------------
+# --- container_deploy(..., window=True) ------------------------------------------------------
 
 WINDOW_STEPS = ["prepare", "upload release", "pull images", "networks", "stateful services", "nginx site",
                 "start green", "maintenance on", "stop blue", "migrate", "ready: green", "switch to green",
@@ -168,14 +168,14 @@ WINDOW_STEPS = ["prepare", "upload release", "pull images", "networks", "statefu
 
 
 def test_window_deploy_order(local_config, blue_live_state):
-    plan = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, window=True)
+    plan = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, window=True)
     assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": "aaaaaaa", "window": True}
     assert _names(plan) == WINDOW_STEPS
     assert not any(name.startswith("drain") for name in _names(plan))
 
 
 def test_window_deploy_steps(local_config, blue_live_state):
-    plan = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, window=True)
+    plan = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, window=True)
     old, new = f"{ROOT}/releases/{REL_OLD}", f"{ROOT}/releases/{REL_NEW}"
     blue = ("docker", "compose", "-p", "example-blue", "--env-file", f"{old}/compose.env",
             "-f", f"{old}/compose/compose.yml", "-f", f"{old}/compose.deploy.yml")
@@ -186,7 +186,8 @@ def test_window_deploy_steps(local_config, blue_live_state):
     assert _step(plan, "maintenance on") == maintenance.window_on_step(local_config, "blue")
     stop = _step(plan, "stop blue")
     assert stop.actions == (Cmd((*blue, "stop", "-t", "15", "web")),)
-    assert stop.undo == (Cmd((*blue, "up", "-d", "--no-deps", "--wait", "web")),), "undo starts the old colour again"
+    assert stop.undo == (Cmd((*blue, "up", "-d", "--no-deps", "--wait", "--wait-timeout", "60", "web")),), \
+        "undo starts the old colour again, bounded by HEALTH_TIMEOUT"
     assert _step(plan, "migrate").actions[0].argv[:len(green)] == green
     assert _step(plan, "switch to green") == traffic.switch(local_config, blue_live_state, "green", REL_NEW)
     assert _step(plan, "maintenance off") == maintenance.off_step(local_config)
@@ -195,7 +196,7 @@ def test_window_deploy_steps(local_config, blue_live_state):
 
 def test_window_deploy_undo_restarts_the_old_colour_before_lifting(local_config, blue_live_state):
     """A failure at `ready: green` undoes newest first: blue comes back, then the window lifts if blue is ready."""
-    plan = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, window=True)
+    plan = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, window=True)
     done = list(plan.steps[:plan.steps.index(_step(plan, "ready: green")) + 1])
     undos = [action for step in reversed(done) for action in step.undo]
     restart = _step(plan, "stop blue").undo[0]
@@ -204,27 +205,27 @@ def test_window_deploy_undo_restarts_the_old_colour_before_lifting(local_config,
 
 
 def test_first_window_deploy_has_nothing_to_stop(local_config, first_state):
-    plan = containers.deploy(local_config, first_state, SHA_NEW, REL_NEW, window=True)
+    plan = container_deploy(local_config, first_state, SHA_NEW, REL_NEW, window=True)
     assert _names(plan) == [n.replace("green", "blue") for n in WINDOW_STEPS if n != "stop blue"]
     assert _step(plan, "maintenance on").undo == (cmd("rm", "-f", FLAG),)
 
 
 def test_window_deploy_without_migration(local_config, blue_live_state):
-    plan = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, window=True, migrate=False)
+    plan = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, window=True, migrate=False)
     assert _names(plan) == [n for n in WINDOW_STEPS if n != "migrate"]
 
 
 def test_window_the_operator_opened_stays_open(local_config, blue_live_state):
     """maintenance-on before a --maintenance deploy: the deploy neither opens nor closes the window."""
     state = dataclasses.replace(blue_live_state, maintenance=True)
-    plan = containers.deploy(local_config, state, SHA_NEW, REL_NEW, window=True)
+    plan = container_deploy(local_config, state, SHA_NEW, REL_NEW, window=True)
     assert _names(plan) == [n for n in WINDOW_STEPS if not n.startswith("maintenance")]
     assert not any(FLAG in argv for s in plan.steps for a in (*s.actions, *s.undo) if isinstance(a, Cmd)
                    for argv in a.argv)
 
 
 def test_no_window_has_no_maintenance_steps(local_config, blue_live_state):
-    plan = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
+    plan = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
     assert not any(name.startswith("maintenance") for name in _names(plan))
     assert plan.summary["window"] is False
 

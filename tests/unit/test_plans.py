@@ -5,7 +5,7 @@ import dataclasses
 import shlex
 
 import pytest
-from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, links, step_named as _step, step_names as _names
+from conftest import container_deploy, container_rollback, REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, links, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
 from deploytasks import releases
@@ -54,7 +54,7 @@ def hostile_config(local_raw):
 # --- deploy -----------------------------------------------------------------------------
 
 def test_first_deploy_starts_blue_without_drain(local_config, first_state):
-    plan = containers.deploy(local_config, first_state, SHA_NEW, REL_NEW)
+    plan = container_deploy(local_config, first_state, SHA_NEW, REL_NEW)
     assert plan.kind == "deploy" and plan.sha == SHA_NEW
     assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None, "window": False}
     assert _names(plan) == ["prepare", "upload release", "pull images", "networks", "stateful services", "nginx site",
@@ -68,7 +68,7 @@ def test_first_deploy_starts_blue_without_drain(local_config, first_state):
 
 
 def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_live_state):
-    plan = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
+    plan = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
     assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": SHA_OLD, "window": False}
     names = _names(plan)
     assert names == ["prepare", "upload release", "pull images", "networks", "stateful services", "nginx site",
@@ -102,7 +102,7 @@ def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_
 
 
 def test_deploy_commands_target_the_new_colour_and_release(local_config, blue_live_state):
-    plan = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
+    plan = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
     new = f"{ROOT}/releases/{REL_NEW}"
     compose_prefix = ("docker", "compose", "-p", "example-green", "--env-file", f"{new}/compose.env",
                       "-f", f"{new}/compose/compose.yml", "-f", f"{new}/compose.deploy.yml")
@@ -129,7 +129,7 @@ def test_deploy_commands_target_the_new_colour_and_release(local_config, blue_li
 
 
 def test_uploads_are_inside_the_release_and_app_env_is_secret(local_config, first_state):
-    plan = containers.deploy(local_config, first_state, SHA_NEW, REL_NEW)
+    plan = container_deploy(local_config, first_state, SHA_NEW, REL_NEW)
     new = f"{ROOT}/releases/{REL_NEW}"
     upload = _step(plan, "upload release")
     mkdir, puts = upload.actions[0], upload.actions[1:]
@@ -146,8 +146,8 @@ def test_uploads_are_inside_the_release_and_app_env_is_secret(local_config, firs
 
 
 def test_no_migrate_removes_the_migrate_step(local_config, blue_live_state):
-    with_migrate = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
-    without = containers.deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, migrate=False)
+    with_migrate = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
+    without = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, migrate=False)
     assert "migrate" in _names(with_migrate)
     assert _names(without) == [n for n in _names(with_migrate) if n != "migrate"]
     assert not any("migrate" in arg for argv in _argvs(without) for arg in argv)
@@ -155,18 +155,18 @@ def test_no_migrate_removes_the_migrate_step(local_config, blue_live_state):
 
 def test_no_migrate_command_means_no_migrate_step(local_config, first_state):
     config = dataclasses.replace(local_config, migrate_command=())
-    assert "migrate" not in _names(containers.deploy(config, first_state, SHA_NEW, REL_NEW))
+    assert "migrate" not in _names(container_deploy(config, first_state, SHA_NEW, REL_NEW))
 
 
 def test_no_stateful_services_means_no_stateful_step(local_config, first_state):
     config = dataclasses.replace(local_config, stateful=())
-    assert "stateful services" not in _names(containers.deploy(config, first_state, SHA_NEW, REL_NEW))
+    assert "stateful services" not in _names(container_deploy(config, first_state, SHA_NEW, REL_NEW))
 
 
 def test_cleanup_step_removes_only_old_releases(local_config):
     old = tuple(f"2023010{i}T000000Z-{i:07d}" for i in range(1, 8))  # 7 releases, blue serves the last
     state = HostState(colours={"blue": old[-1], "green": old[-2]}, live="blue", current=old[-1], releases=old)
-    plan = containers.deploy(local_config, state, SHA_NEW, REL_NEW)
+    plan = container_deploy(local_config, state, SHA_NEW, REL_NEW)
     cleanup = plan.steps[-1]
     assert cleanup.best_effort and cleanup.name == "cleanup (3 old release(s))"
     assert cleanup.actions[0] == cmd("rm", "-rf", *(f"{ROOT}/releases/{r}" for r in old[:3]))
@@ -178,7 +178,7 @@ def test_cleanup_step_removes_only_old_releases(local_config):
 # --- every argv is plain data and survives the shell -------------------------------------------
 
 def test_every_argv_is_str_and_round_trips_through_the_shell(hostile_config, blue_live_state):
-    plan = containers.deploy(hostile_config, blue_live_state, SHA_NEW, REL_NEW)
+    plan = container_deploy(hostile_config, blue_live_state, SHA_NEW, REL_NEW)
     argvs = _argvs(plan)
     assert len(argvs) > 15
     for argv in argvs:
@@ -190,7 +190,7 @@ def test_every_argv_is_str_and_round_trips_through_the_shell(hostile_config, blu
 
 
 def test_hostile_app_values_go_only_into_the_secret_app_env(hostile_config, blue_live_state):
-    plan = containers.deploy(hostile_config, blue_live_state, SHA_NEW, REL_NEW)
+    plan = container_deploy(hostile_config, blue_live_state, SHA_NEW, REL_NEW)
     joined = "\n".join(shlex.join(argv) for argv in _argvs(plan))
     puts = [a for s in plan.steps for a in s.actions if isinstance(a, Put)]
     for value in HOSTILE_APP_ENV.values():
@@ -209,7 +209,7 @@ def _quoted(value: str) -> str:
 # --- describe --------------------------------------------------------------------------------
 
 def test_describe_shows_every_command_and_no_secret(hostile_config, blue_live_state):
-    plan = containers.deploy(hostile_config, blue_live_state, SHA_NEW, REL_NEW)
+    plan = container_deploy(hostile_config, blue_live_state, SHA_NEW, REL_NEW)
     lines = plan.describe()
     text = "\n".join(lines)
     assert hostile_config.secrets()  # the test means something only if there are secrets
@@ -233,7 +233,7 @@ def test_describe_shows_every_command_and_no_secret(hostile_config, blue_live_st
 
 
 def test_describe_previews_public_files_only():
-    plan = Plan("deploy", "abc1234", (Step("files", (
+    plan = Plan("deploy", "abc1234", (Step("upload", (
         Put("/a", b"line one\nline two\n"),
         Put("/b", b"TOKEN=abc\n", mode=0o600, secret=True),
         Put("/c", b"\xff\xfe"),
@@ -241,7 +241,7 @@ def test_describe_previews_public_files_only():
         cmd("echo", "hi there", unless=("test", "-e", "/x")),
     ), undo=(cmd("rm", "-f", "/a"),)),))
     assert plan.describe() == [
-        "1. files",
+        "1. upload",
         "     put /a (mode 0644, 18 bytes)",
         "       | line one",
         "       | line two",
@@ -266,24 +266,24 @@ def test_cmd_and_sh_helpers():
 
 def test_rollback_with_nothing_deployed(local_config, first_state):
     with pytest.raises(DeployError, match="nothing is deployed"):
-        containers.rollback(local_config, first_state)
+        container_rollback(local_config, first_state)
 
 
 def test_rollback_without_a_release_on_the_other_side(local_config, blue_live_state):
     with pytest.raises(DeployError, match="no previous release on the green side"):
-        containers.rollback(local_config, blue_live_state)
+        container_rollback(local_config, blue_live_state)
 
 
 def test_rollback_when_the_other_release_was_pruned(local_config):
     state = HostState(colours={"blue": REL_OLD, "green": REL_NEW}, live="green", current=REL_NEW, releases=(REL_NEW,))
     with pytest.raises(DeployError, match="no previous release on the blue side"):
-        containers.rollback(local_config, state)
+        container_rollback(local_config, state)
 
 
 def test_rollback_starts_the_other_colour_without_recreate_pull_or_migrate(local_config):
     state = HostState(colours={"blue": REL_OLD, "green": REL_NEW}, live="green", current=REL_NEW,
                       releases=(REL_OLD, REL_NEW))
-    plan = containers.rollback(local_config, state)
+    plan = container_rollback(local_config, state)
     assert plan.kind == "rollback" and plan.sha == SHA_OLD
     assert plan.summary == {"colour": "blue", "release": REL_OLD, "previous": SHA_NEW}
     assert _names(plan) == ["start blue", "ready: blue", "switch to blue", "check through nginx", "drain green"]
@@ -370,3 +370,32 @@ def test_point_links_swaps_and_removes_for_real(tmp_path):
     assert os.readlink(tmp_path / "live") == "green" and os.readlink(tmp_path / "fresh") == "blue"
     assert not os.path.lexists(tmp_path / "gone")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blue", "fresh", "green", "live"], "no .new left behind"
+
+
+# --- phases: stable identifiers apart from labels ---------------------------------------------------
+
+def test_a_step_needs_a_known_phase_and_a_plan_holds_each_phase_once():
+    from deploytasks import phases
+
+    with pytest.raises(ValueError, match="unknown phase 'switch to green'"):
+        Step("switch to green", ())
+    with pytest.raises(ValueError, match="phase\\(s\\) start appear twice"):
+        Plan("deploy", "abc1234", (Step(phases.START, (), label="start blue"), Step(phases.START, (), label="start green")))
+    assert Step(phases.SWITCH, (), label="switch to green").name == "switch to green"
+    assert Step(phases.MIGRATE, ()).name == "migrate"
+
+
+def test_deploy_and_rollback_plans_run_the_phases_in_their_fixed_order(local_config, blue_live_state):
+    from deploytasks import phases
+
+    for plan in (container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW),
+                 container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, window=True),
+                 container_rollback(local_config, dataclasses.replace(blue_live_state, colours={
+                     "blue": REL_OLD, "green": REL_NEW}, releases=(REL_OLD, REL_NEW)))):
+        ids = [step.phase for step in plan.steps]
+        expected = [p for p in phases.ALL if p in ids]
+        if plan.summary.get("window"):  # the window stops the old colour before migrating, and closes before the check
+            assert ids == ["prepare", "upload", "pull", "networks", "stateful", "nginx-site", "start", "maintenance-on",
+                           "stop-old", "migrate", "ready", "switch", "maintenance-off", "verify", "cleanup"]
+        else:
+            assert ids == expected, plan.kind

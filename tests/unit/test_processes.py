@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GOOD_ENV, REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, links, make_root, replace_keys as _replace, step_named as _step, step_names as _names
+from conftest import process_deploy, process_rollback, GOOD_ENV, REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, links, make_root, replace_keys as _replace, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
 from deploytasks import facts, releases, source, traffic
@@ -27,7 +27,7 @@ from deploytasks.backends import processes
 from deploytasks.config import ProcessConfig
 from deploytasks.errors import ConfigError, DeployError
 from deploytasks.facts import HostState
-from deploytasks.layout import Layout
+from deploytasks.layout import RELEASE_META, Layout
 from deploytasks.plan import Cmd, Plan, Poll, Put, Step, Wait, cmd, sh
 from deploytasks.source import Source
 
@@ -285,9 +285,9 @@ def test_app_env_keeps_order_and_quotes_everything():
 def _fake_release(base: Path, config, sha: str, values: dict[str, str]) -> Path:
     """A release directory as `upload code` leaves it, with a virtualenv holding `showenv`."""
     release = base / "releases" / "rel $x 'q'"  # quoting must hold even for names the config forbids
-    (release / processes.META).mkdir(parents=True)
+    (release / RELEASE_META).mkdir(parents=True)
     (release / processes.APP_ENV).write_text(processes.app_env(values))
-    _executable(release / processes.META / "run", processes.env_wrapper(config, str(release), sha))
+    _executable(release / RELEASE_META / "run", processes.env_wrapper(config, str(release), sha))
     _executable(release / ".venv" / "bin" / "showenv", '#!/bin/sh\necho "cwd=$(pwd)"\necho "args=$*"\nenv\n')
     return release
 
@@ -337,7 +337,7 @@ def test_env_wrapper_text(process_config):
 # ============================================================================================
 
 def test_first_deploy_steps_in_order(process_config, first_state):
-    plan = processes.deploy(process_config, first_state, CODE, REL_NEW)
+    plan = process_deploy(process_config, first_state, CODE, REL_NEW)
     assert plan.kind == "deploy" and plan.sha == SHA_NEW
     assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None, "window": False}
     assert _names(plan) == ["prepare", "backup", "upload code", "shared links", "dependencies", "build", "nginx site",
@@ -347,7 +347,7 @@ def test_first_deploy_steps_in_order(process_config, first_state):
 
 
 def test_second_deploy_starts_green_and_drains_blue(process_config, blue_live_state):
-    plan = processes.deploy(process_config, blue_live_state, CODE, REL_NEW)
+    plan = process_deploy(process_config, blue_live_state, CODE, REL_NEW)
     assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": SHA_OLD, "window": False}
     assert _names(plan) == ["prepare", "backup", "upload code", "shared links", "dependencies", "build", "nginx site",
                             "migrate", "start green", "ready: green", "switch to green", "check through nginx",
@@ -371,13 +371,15 @@ def test_second_deploy_starts_green_and_drains_blue(process_config, blue_live_st
 
 
 def test_deploy_step_details(process_config, first_state):
-    plan = processes.deploy(process_config, first_state, CODE, REL_NEW)
+    plan = process_deploy(process_config, first_state, CODE, REL_NEW)
     new = f"{ROOT}/releases/{REL_NEW}"
     assert _step(plan, "prepare").undo == (cmd("rm", "-rf", new),)
 
     backup = _step(plan, "backup").actions[0]
     assert _script(backup)[0] == processes._BACKUP
-    assert _named(backup) == {"root": ROOT, "name": "20240102T000000Z", "site": SITE, "keep": "3", "rest": ("uploads",)}
+    assert _named(backup) == {"root": ROOT, "backups": f"{ROOT}/.backups", "name": "20240102T000000Z", "site": SITE,
+                              "keep": "3", "rest": ("current", "run/web.sock", "state", "shared", "--",
+                                                    "state/lock", "shared/logs", "shared/venvs", "shared/uploads")}
 
     upload = _step(plan, "upload code").actions
     assert upload[0].argv == ("mkdir", "-p", f"{new}/.deploytasks", f"{ROOT}/shared/logs", f"{ROOT}/shared/venvs")
@@ -402,8 +404,8 @@ def test_deploy_step_details(process_config, first_state):
 
     build = _step(plan, "build").actions[0]
     assert _script(build)[0] == processes._BUILD and build.stream
-    assert _named(build) == {"release": new, "previous": "", "output": "static", "hash": "bld0123456789abc",
-                             "reuse": "no", "rest": ("sh", "build.sh")}  # no previous release
+    assert _named(build) == {"release": new, "previous": "", "ours": ".deploytasks", "output": "static",
+                             "hash": "bld0123456789abc", "reuse": "no", "rest": ("sh", "build.sh")}  # no previous release
 
     migrate = _step(plan, "migrate").actions[0]
     assert migrate.argv == (f"{new}/.deploytasks/run", "python3", "app.py", "migrate") and migrate.stream
@@ -411,11 +413,12 @@ def test_deploy_step_details(process_config, first_state):
     cleanup = plan.steps[-1]
     assert cleanup.best_effort
     assert _script(cleanup.actions[-1])[0] == processes._UNUSED_VENVS
-    assert _named(cleanup.actions[-1]) == {"root": ROOT, "rest": ()}
+    assert _named(cleanup.actions[-1]) == {"venvs": f"{ROOT}/shared/venvs", "releases": f"{ROOT}/releases",
+                                           "name": ".venv", "rest": ()}
 
 
 def test_build_reuses_from_the_live_release(process_config, blue_live_state):
-    plan = processes.deploy(process_config, blue_live_state, CODE, REL_NEW, fast=True)
+    plan = process_deploy(process_config, blue_live_state, CODE, REL_NEW, fast=True)
     build = _named(_step(plan, "build").actions[0])
     assert build["release"] == f"{ROOT}/releases/{REL_NEW}" and build["previous"] == f"{ROOT}/releases/{REL_OLD}"
     assert build["reuse"] == "yes"
@@ -423,7 +426,7 @@ def test_build_reuses_from_the_live_release(process_config, blue_live_state):
 
 @pytest.mark.parametrize("fast,flag", [(True, "yes"), (False, "no")])
 def test_fast_decides_reuse(process_config, blue_live_state, fast, flag):
-    plan = processes.deploy(process_config, blue_live_state, CODE, REL_NEW, fast=fast)
+    plan = process_deploy(process_config, blue_live_state, CODE, REL_NEW, fast=fast)
     assert _named(_step(plan, "dependencies").actions[0])["reuse"] == flag
     assert _named(_step(plan, "build").actions[0])["reuse"] == flag
 
@@ -432,19 +435,19 @@ def test_optional_steps(process_config, first_state):
     config = dataclasses.replace(_with(process_config, shared_paths=(), build_command=(), build_output=""),
                                  migrate_command=())
     code = dataclasses.replace(CODE, requirements_hash=None, build_hash=None)
-    plan = processes.deploy(config, first_state, code, REL_NEW)
+    plan = process_deploy(config, first_state, code, REL_NEW)
     assert _names(plan) == ["prepare", "backup", "upload code", "dependencies", "nginx site", "start blue",
                             "ready: blue", "switch to blue", "check through nginx", "cleanup (0 old release(s))"]
     assert _named(_step(plan, "dependencies").actions[0])["hash"] == "none"
-    assert _named(_step(plan, "backup").actions[0])["rest"] == ()
-    assert "migrate" not in _names(processes.deploy(process_config, first_state, CODE, REL_NEW, migrate=False))
-    assert processes.deploy(process_config, first_state, CODE, REL_NEW, kind="redeploy").kind == "redeploy"
+    assert _named(_step(plan, "backup").actions[0])["rest"][-1] == "shared/venvs", "no SHARED_PATHS to skip"
+    assert "migrate" not in _names(process_deploy(process_config, first_state, CODE, REL_NEW, migrate=False))
+    assert process_deploy(process_config, first_state, CODE, REL_NEW, kind="redeploy").kind == "redeploy"
 
 
 def test_cleanup_removes_old_releases_then_unused_venvs(process_config):
     old = tuple(f"2023010{i}T000000Z-{i:07d}" for i in range(1, 7))
     state = HostState(colours={"blue": old[-1], "green": old[-2]}, live="blue", current=old[-1], releases=old)
-    cleanup = processes.deploy(process_config, state, CODE, REL_NEW).steps[-1]
+    cleanup = process_deploy(process_config, state, CODE, REL_NEW).steps[-1]
     assert cleanup.name == "cleanup (4 old release(s))" and cleanup.best_effort  # KEEP_RELEASES=3
     assert cleanup.actions[0] == cmd("rm", "-rf", *(f"{ROOT}/releases/{r}" for r in old[:4]))
     assert _script(cleanup.actions[1])[0] == processes._UNUSED_VENVS
@@ -456,7 +459,7 @@ def _start(plan: Plan, colour: str) -> Step:
 
 def test_start_in_pidfile_mode_stops_a_stale_gunicorn_first(process_config, first_state):
     assert process_config.processes.supervisor == "auto" and not first_state.systemd
-    start = _start(processes.deploy(process_config, first_state, CODE, REL_NEW), "blue")
+    start = _start(process_deploy(process_config, first_state, CODE, REL_NEW), "blue")
     put, stop, rm, run = start.actions
     assert put.path == f"{ROOT}/run/blue/start.sh" and put.mode == 0o755
     assert _script(stop)[0] == processes._STOP
@@ -465,14 +468,14 @@ def test_start_in_pidfile_mode_stops_a_stale_gunicorn_first(process_config, firs
     assert run.argv == ("sh", f"{ROOT}/run/blue/start.sh", "--daemon")
     assert start.undo == (stop,)
     assert start.diagnose == (cmd("tail", "-n", "30", f"{ROOT}/shared/logs/blue.log"),)
-    assert not any("systemctl" in argv for argv in _argvs(processes.deploy(process_config, first_state, CODE, REL_NEW)))
+    assert not any("systemctl" in argv for argv in _argvs(process_deploy(process_config, first_state, CODE, REL_NEW)))
 
 
 @pytest.mark.parametrize("systemd,supervisor", [(True, "auto"), (False, "systemd"), (True, "systemd")])
 def test_start_under_systemd(process_config, blue_live_state, systemd, supervisor):
     config = _with(process_config, supervisor=supervisor)
     state = dataclasses.replace(blue_live_state, systemd=systemd)
-    plan = processes.deploy(config, state, CODE, REL_NEW)
+    plan = process_deploy(config, state, CODE, REL_NEW)
     start = _start(plan, "green")
     put, unit, *commands = start.actions
     assert put.path == f"{ROOT}/run/green/start.sh"
@@ -496,12 +499,12 @@ def test_start_under_systemd(process_config, blue_live_state, systemd, superviso
 
 def test_supervisor_pidfile_ignores_systemd(process_config, first_state):
     config = _with(process_config, supervisor="pidfile")
-    plan = processes.deploy(config, dataclasses.replace(first_state, systemd=True), CODE, REL_NEW)
+    plan = process_deploy(config, dataclasses.replace(first_state, systemd=True), CODE, REL_NEW)
     assert _start(plan, "blue").actions[-1].argv == ("sh", f"{ROOT}/run/blue/start.sh", "--daemon")
 
 
 def test_start_script_runs_gunicorn_from_the_release_on_the_colour_socket(process_config, blue_live_state):
-    put = _start(processes.deploy(process_config, blue_live_state, CODE, REL_NEW), "green").actions[0]
+    put = _start(process_deploy(process_config, blue_live_state, CODE, REL_NEW), "green").actions[0]
     text = put.content.decode()
     new = f"{ROOT}/releases/{REL_NEW}"
     lines = text.splitlines()
@@ -538,7 +541,7 @@ def test_unit_file(process_config):
 
 
 def test_rollback_starts_the_other_colour_from_its_release(process_config, green_live_state):
-    plan = processes.rollback(process_config, green_live_state)
+    plan = process_rollback(process_config, green_live_state)
     assert plan.kind == "rollback" and plan.sha == SHA_OLD
     assert plan.summary == {"colour": "blue", "release": REL_OLD, "previous": SHA_NEW}
     assert _names(plan) == ["start blue", "ready: blue", "switch to blue", "check through nginx", "drain green"]
@@ -560,17 +563,17 @@ def test_rollback_starts_the_other_colour_from_its_release(process_config, green
 
 def test_rollback_errors(process_config, first_state, blue_live_state):
     with pytest.raises(DeployError, match="nothing is deployed on this host"):
-        processes.rollback(process_config, first_state)
+        process_rollback(process_config, first_state)
     with pytest.raises(DeployError, match="no previous release on the green side"):
-        processes.rollback(process_config, blue_live_state)
+        process_rollback(process_config, blue_live_state)
     pruned = HostState(colours={"blue": REL_OLD, "green": REL_NEW}, live="green", current=REL_NEW, releases=(REL_NEW,))
     with pytest.raises(DeployError, match="no previous release on the blue side"):
-        processes.rollback(process_config, pruned)
+        process_rollback(process_config, pruned)
 
 
 def test_hostile_values_only_in_the_secret_app_env(process_config, blue_live_state):
     config = dataclasses.replace(process_config, app_env=dict(HOSTILE))
-    plan = processes.deploy(config, blue_live_state, CODE, REL_NEW)
+    plan = process_deploy(config, blue_live_state, CODE, REL_NEW)
     joined = "\n".join(shlex.join(argv) for argv in _argvs(plan))
     puts = [a for s in plan.steps for a in s.actions if isinstance(a, Put)]
     for key, value in HOSTILE.items():
@@ -709,18 +712,18 @@ BUILD_SH = 'mkdir -p static && cp assets/* static/ && echo "$DEPLOY_SHA" >> "$BU
 
 def _build_release(base: Path, name: str, config, log: Path, build_sh: str = BUILD_SH) -> Path:
     release = base / name
-    (release / processes.META).mkdir(parents=True)
+    (release / RELEASE_META).mkdir(parents=True)
     (release / "assets").mkdir()
     (release / "assets" / "site.css").write_text(f"/* {name} */\n")
     (release / "build.sh").write_text(build_sh)
     (release / processes.APP_ENV).write_text(processes.app_env({"BUILD_LOG": str(log)}))
-    _executable(release / processes.META / "run", processes.env_wrapper(config, str(release), name))
+    _executable(release / RELEASE_META / "run", processes.env_wrapper(config, str(release), name))
     return release
 
 
 def _build(release, previous, output, hash_, reuse, *command):
-    return _run(_call(processes._BUILD, *command, release=release, previous=previous, output=output, hash=hash_,
-                      reuse=reuse), env={"PATH": "/usr/bin:/bin"})
+    return _run(_call(processes._BUILD, *command, release=release, previous=previous, ours=RELEASE_META,
+                      output=output, hash=hash_, reuse=reuse), env={"PATH": "/usr/bin:/bin"})
 
 
 @linux_sh
@@ -895,8 +898,9 @@ def test_stop_terminates_gracefully_and_kills_what_ignores_sigterm(tmp_path, pro
 
 
 def _backup(root, name, site, keep, *shared_paths):
-    return _run(_call(processes._BACKUP, *shared_paths, root=root, name=name, site=site, keep=keep),
-                env={"PATH": "/usr/bin:/bin"})
+    """The backup command the plan runs, for a layout rooted at `root` whose site file is `site`."""
+    layout = Layout(str(root), "web", site.name.removesuffix(".conf"), str(site.parent))
+    return _run(processes.backup(layout, name, int(keep), shared_paths).argv, env={"PATH": "/usr/bin:/bin"})
 
 
 @linux_sh
@@ -963,7 +967,7 @@ def test_unused_venvs_are_removed_used_ones_kept(tmp_path):
         (root / "releases" / release).mkdir(parents=True)
         os.symlink(str(venvs / venv), root / "releases" / release / ".venv")
     (root / "releases" / "r4").mkdir()  # no venv at all
-    out = _run(_call(processes._UNUSED_VENVS, root=root), env={"PATH": "/usr/bin:/bin"})
+    out = _run(processes.unused_venvs(Layout(str(root), "web")).argv, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in venvs.iterdir()) == ["h1-S2", "h3-S4"]
     assert sorted(out.stdout.splitlines()) == ["removed unused virtualenv h1-S1", "removed unused virtualenv h2-S3"]
@@ -971,7 +975,7 @@ def test_unused_venvs_are_removed_used_ones_kept(tmp_path):
 
 @linux_sh
 def test_unused_venvs_on_an_empty_host(tmp_path):
-    out = _run(_call(processes._UNUSED_VENVS, root=tmp_path / "srv"), env={"PATH": "/usr/bin:/bin"})
+    out = _run(processes.unused_venvs(Layout(str(tmp_path / "srv"), "web")).argv, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0 and out.stdout == ""
 
 
@@ -1018,7 +1022,7 @@ def test_four_deploys_run_locally_with_fast_reuse_and_cleanup(tmp_path, process_
         nonlocal state
         code = source.read(config, shas[sha_name])
         name = releases.name(code.sha, now=1_704_067_200 + 3600 * hour)
-        plan = processes.deploy(config, state, code, name, fast=fast)
+        plan = process_deploy(config, state, code, name, fast=fast)
         colour = plan.summary["colour"]
         out = _run_steps(plan, steps, env)
         names.append(name)
