@@ -1141,7 +1141,9 @@ def reset_app(config) -> None:
                              capture_output=True, text=True).stdout.split()
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
-    subprocess.run(["docker", "volume", "rm", "-f", f"{config.app_name}_dbdata"], capture_output=True)
+    volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={config.app_name}"],
+                             capture_output=True, text=True).stdout.split()
+    subprocess.run(["docker", "volume", "rm", "-f", f"{config.app_name}_dbdata", *volumes], capture_output=True)
     subprocess.run(["docker", "network", "rm", f"{config.app_name}_default"], capture_output=True)
     shutil.rmtree(config.deploy_path, ignore_errors=True)
     Path(config.nginx_site_dir, f"{config.app_name}.conf").unlink(missing_ok=True)
