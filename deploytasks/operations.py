@@ -15,7 +15,8 @@ from .config import Config
 from .remote.connection import connect
 from .remote.console import Console
 from .errors import ConfigError, ConnectError, DeployError, StepFailed
-from .remote.executor import TRANSPORT_ERRORS, Interrupt, Interrupted, Remote, execute, interruptible
+from .remote.executor import Interrupt, Interrupted, Remote, execute, interruptible
+from .remote.transport import TransportError
 from .facts import HostState, json_object, parse, read_command, release_sha
 from .layout import Layout
 from .plan import Plan
@@ -149,7 +150,7 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
         try:  # best effort: the connection may be what failed
             remote.run(history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, owner, "failed",
                                                                  started, [], failed_after=failure.completed)))
-        except TRANSPORT_ERRORS:
+        except TransportError:
             remote.console("! could not record the failure in the host's history")
         if plan.summary.get("window") and phases.MIGRATE in failure.completed:
             failure.details.append("the migration had already run: the previous version was started again on the "

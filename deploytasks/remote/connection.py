@@ -13,11 +13,12 @@ from fabric import Connection
 
 from ..config import Config
 from ..errors import ConnectError
+from .fabric_transport import FabricTransport
 
 KEEPALIVE_SECONDS = 15  # notice a dead connection instead of waiting on it forever
 
 
-def connect(config: Config, host: str, *, accept_new_host_key: bool = False) -> Connection:
+def connect(config: Config, host: str, *, accept_new_host_key: bool = False) -> FabricTransport:
     fabric_config = FabricConfig(overrides={
         "run": {"in_stream": False},
         "load_ssh_configs": False,
@@ -48,7 +49,7 @@ def connect(config: Config, host: str, *, accept_new_host_key: bool = False) -> 
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConnectError(f"{where}: unreachable: {reason}") from None
     conn.transport.set_keepalive(KEEPALIVE_SECONDS)
-    return conn
+    return FabricTransport(conn)
 
 
 class _AppendNewKey(paramiko.MissingHostKeyPolicy):

@@ -1,6 +1,7 @@
 """Running a plan on one host: each step timed and printed, stop at the first failure, undo.
 
-This layer knows SSH, time and signals; it knows nothing of nginx, compose or gunicorn.
+This layer knows time and signals, and reaches the host only through a Transport; it knows
+nothing of nginx, compose or gunicorn.
 """
 from __future__ import annotations
 
@@ -9,21 +10,15 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import invoke
-import paramiko
-from fabric import Connection
-
 from .console import Console
+from .transport import Result, Transport, TransportError
 from ..errors import StepFailed
 from ..plan import Cmd, Plan, Poll, Put, Step, Wait
 
 TAIL_LINES = 15
-# what a dropped connection, a refused SFTP or a broken channel raises under Fabric
-TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, invoke.exceptions.Failure)
 PROGRESS_EVERY = 10.0  # seconds between 'still waiting' lines of a poll
 
 
@@ -49,24 +44,23 @@ class Interrupt:
 
 
 class Remote:
-    """One host behind one SSH connection, reused by every command of a task."""
+    """One host behind one transport (an SSH connection), reused by every command of a task."""
 
-    def __init__(self, conn: Connection, console: Console, interrupt: Interrupt | None = None):
-        self.conn, self.console = conn, console
+    def __init__(self, transport: Transport, console: Console, interrupt: Interrupt | None = None):
+        self.transport, self.console = transport, console
         self.interrupt = interrupt if interrupt is not None else Interrupt()
 
     @property
     def host(self) -> str:
-        return self.conn.host
+        return self.transport.host
 
-    def run(self, argv: tuple[str, ...], *, stream: bool = False):
+    def run(self, argv: tuple[str, ...], *, stream: bool = False) -> Result:
         if stream:
             out, err = self.console.writer(), self.console.writer()
-            result = self.conn.run(shlex.join(argv), warn=True, hide=False, out_stream=out, err_stream=err,
-                                   in_stream=False)
+            result = self.transport.run(shlex.join(argv), out=out, err=err)
             out.flush(), err.flush()
         else:
-            result = self.conn.run(shlex.join(argv), warn=True, hide=True, in_stream=False)
+            result = self.transport.run(shlex.join(argv))
         return result
 
     def check(self, argv: tuple[str, ...], what: str) -> str:
@@ -77,19 +71,10 @@ class Remote:
         return result.stdout
 
     def put(self, put: Put) -> None:
-        """Write to a temp name with the final mode set before any byte lands, then rename."""
-        sftp = self.conn.sftp()
-        staged = f"{put.path}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with sftp.open(staged, "wb") as handle:
-                handle.chmod(put.mode)
-                handle.write(put.content)
-            sftp.posix_rename(staged, put.path)
-        except OSError as exc:
-            raise StepFailed(f"{self.host}: cannot write {put.path}: {exc}") from None
+        self.transport.put(put.path, put.content, put.mode)
 
     def close(self) -> None:
-        self.conn.close()
+        self.transport.close()
 
 
 def tail(result, lines: int = TAIL_LINES) -> list[str]:
@@ -110,8 +95,8 @@ def execute(remote: Remote, plan: Plan) -> Outcome:
                     if not step.best_effort:  # past the switch, finishing is safer than undoing
                         _check_interrupt(remote)
                     _perform(remote, action)
-            except TRANSPORT_ERRORS as error:
-                raise StepFailed(f"{remote.host}: {step.name}: {type(error).__name__}: {error}") from error
+            except TransportError as error:
+                raise StepFailed(f"{remote.host}: {step.name}: {error}") from error
         except StepFailed as failure:
             if step.best_effort:
                 outcome.warnings.append(f"{step.name}: {failure}")
@@ -186,7 +171,7 @@ def _undo(remote: Remote, steps: list[Step]) -> None:
 def _try(remote: Remote, action: Cmd):
     try:
         return remote.run(action.argv)
-    except TRANSPORT_ERRORS:
+    except TransportError:
         return None
 
 

@@ -1,0 +1,275 @@
+"""executor: what a plan does to a host when steps fail, undos fail, Ctrl-C comes or the
+connection drops; run through the in-memory transport, with a fake clock, no host."""
+from __future__ import annotations
+
+import io
+import re
+import shlex
+from dataclasses import dataclass
+
+import pytest
+
+from deploytasks.errors import StepFailed
+from deploytasks.plan import Plan, Poll, Put, Step, Wait, cmd
+from deploytasks.remote import executor
+from deploytasks.remote.console import MASK, Console
+from deploytasks.remote.executor import Interrupt, Interrupted, Remote, execute
+from deploytasks.remote.transport import TransportError
+from harness.memory import MemoryTransport, Written
+
+SECRET = "hunter2-secret"
+SHA = "bbbbbbb"
+
+
+class Clock:
+    """time.monotonic and time.sleep for the executor: sleeping moves the clock, at once."""
+
+    def __init__(self):
+        self.now, self.slept = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(executor, "time", clock)
+    return clock
+
+
+@dataclass
+class Host:
+    transport: MemoryTransport
+    remote: Remote
+    interrupt: Interrupt
+    out: io.StringIO
+
+    def printed(self) -> list[str]:
+        return self.out.getvalue().splitlines()
+
+    def ctrl_c(self) -> None:
+        self.interrupt.requested = True
+
+
+def _host(secrets=(SECRET,)) -> Host:
+    transport, interrupt, out = MemoryTransport("web1"), Interrupt(), io.StringIO()
+    return Host(transport, Remote(transport, Console("web1", list(secrets), stream=out), interrupt), interrupt, out)
+
+
+@pytest.fixture
+def host() -> Host:
+    return _host()
+
+
+def line(action) -> str:
+    """The command line the transport receives for a Cmd or a Poll."""
+    return shlex.join(action.argv)
+
+
+def lines(*actions) -> list[str]:
+    return [line(action) for action in actions]
+
+
+def plan(*steps: Step) -> Plan:
+    return Plan("deploy", SHA, steps)
+
+
+def test_every_step_runs_in_order_timed_and_printed(host):
+    make, touch, undo = cmd("mkdir", "-p", "/srv/app"), cmd("touch", "/srv/app/a b"), cmd("rm", "-r", "/srv/app")
+    outcome = execute(host.remote, plan(Step("prepare", (make, Wait(2, "settle")), undo=(undo,)),
+                                        Step("start", (touch,))))
+    assert host.transport.commands == ["mkdir -p /srv/app", "touch '/srv/app/a b'"]
+    assert outcome.steps == [("prepare", 2.0), ("start", 0.0)] and outcome.warnings == []
+    assert host.printed() == ["[web1] -> prepare", "[web1]    ok prepare (2.0s)",
+                              "[web1] -> start", "[web1]    ok start (0.0s)"]
+
+
+def test_a_command_is_skipped_when_its_unless_check_succeeds(host):
+    present = cmd("ln", "-s", "a", "b", unless=("test", "-L", "b"))
+    absent = cmd("ln", "-s", "c", "d", unless=("test", "-L", "d"))
+    host.transport.answer("test -L d", exited=1)
+    execute(host.remote, plan(Step("switch", (present, absent), label="links")))
+    assert host.transport.commands == ["test -L b", "test -L d", "ln -s c d"]
+
+
+def test_a_failure_undoes_completed_steps_newest_first_with_the_failing_steps_own_undo(host):
+    a, b, c1, c2, c3, d = (cmd("do", n) for n in ("a", "b", "c1", "c2", "c3", "d"))
+    undo_a, undo_b1, undo_b2, undo_c, undo_d = (cmd("undo", n) for n in ("a", "b1", "b2", "c", "d"))
+    host.transport.answer(line(c2), exited=3, stderr=f"partial\nboom {SECRET}\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("prepare", (a,), undo=(undo_a,), label="a"), Step("upload", (b,), undo=(undo_b1, undo_b2), label="b"),
+                                  Step("pull", (c1, c2, c3), undo=(undo_c,), label="c"), Step("networks", (d,), undo=(undo_d,), label="d")))
+    assert host.transport.commands == lines(a, b, c1, c2, undo_c, undo_b1, undo_b2, undo_a)
+    assert type(failed.value) is StepFailed and failed.value.completed == ["prepare", "upload"], "phases, not labels"
+    assert str(failed.value) == f"web1: `do c2` failed (exit 3):\n  - partial\n  - boom {MASK}"
+    assert host.printed() == ["[web1] -> a", "[web1]    ok a (0.0s)", "[web1] -> b", "[web1]    ok b (0.0s)",
+                              "[web1] -> c", "[web1] <- undoing what this plan changed"]
+
+
+def test_a_failed_commands_message_masks_secrets_in_the_command_and_its_output(host):
+    script = cmd("sh", "-c", f"echo {SECRET}; exit 2")
+    host.transport.answer(line(script), exited=2, stdout=f"{SECRET}\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("build", (script,), label="script")))
+    assert str(failed.value) == f"web1: `sh -c 'echo {MASK}; exit 2'` failed (exit 2):\n  - {MASK}"
+
+
+def test_a_failing_steps_diagnostics_are_shown_before_its_undo(host):
+    start, stop, logs, ps = cmd("start"), cmd("stop"), cmd("logs", "web"), cmd("ps")
+    host.transport.answer("start", exited=1).answer("logs web", exited=1, stdout=f"booting\ntoken={SECRET}\n")
+    host.transport.drop("ps")
+    with pytest.raises(StepFailed):
+        execute(host.remote, plan(Step("start", (start,), undo=(stop,), diagnose=(logs, ps))))
+    assert host.transport.commands == ["start", "logs web", "ps", "stop"]
+    assert host.printed() == ["[web1] -> start", "[web1]    | $ logs web", "[web1]    | booting",
+                              f"[web1]    | token={MASK}", "[web1]    | $ ps", "[web1]    | (could not run)",
+                              "[web1] <- undoing what this plan changed"]
+
+
+def test_a_best_effort_step_failing_after_the_switch_only_warns_and_the_plan_finishes(host):
+    switch, back = cmd("switch", "green"), cmd("switch", "blue")
+    remove, prune, stop = cmd("rm", "old"), cmd("prune"), cmd("stop", "blue")
+    host.transport.answer("rm old", exited=1, stderr="busy\n")
+    outcome = execute(host.remote, plan(Step("switch", (switch,), undo=(back,)),
+                                        Step("cleanup", (remove, prune), best_effort=True, diagnose=(cmd("df"),)),
+                                        Step("drain", (stop,), best_effort=True, label="stop old")))
+    # the failing step's remaining actions are skipped; no diagnosis, no undo; later steps run
+    assert host.transport.commands == lines(switch, remove, stop)
+    assert outcome.steps == [("switch", 0.0), ("drain", 0.0)]
+    assert outcome.warnings == ["cleanup: web1: `rm old` failed (exit 1):\n  - busy"]
+    assert host.printed()[3:5] == ["[web1]    ! cleanup failed after the switch (the new version serves): "
+                                   "web1: `rm old` failed (exit 1):", "[web1]   - busy"]
+
+
+def test_a_step_after_the_switch_that_is_not_best_effort_undoes_the_switch(host):
+    start, stop, switch, back, verify = cmd("start", "green"), cmd("stop", "green"), cmd("switch", "green"), \
+        cmd("switch", "blue"), cmd("verify")
+    host.transport.answer("verify", exited=1)
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("start", (start,), undo=(stop,)), Step("switch", (switch,), undo=(back,)),
+                                  Step("verify", (verify,)), Step("cleanup", (cmd("rm", "old"),), best_effort=True)))
+    assert host.transport.commands == lines(start, switch, verify, back, stop)
+    assert failed.value.completed == ["start", "switch"]
+
+
+def test_a_failing_undo_is_reported_and_the_remaining_undos_still_run(host):
+    a, b, c = cmd("do", "a"), cmd("do", "b"), cmd("do", "c")
+    undo_a, undo_b1, undo_b2 = cmd("undo", "a"), cmd("undo", "b1"), cmd("undo", "b2")
+    host.transport.answer("do c", exited=1).answer(re.compile(r"^undo b1$"), exited=1, stderr=f"cannot remove {SECRET}\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("prepare", (a,), undo=(undo_a,), label="a"), Step("upload", (b,), undo=(undo_b1, undo_b2), label="b"),
+                                  Step("pull", (c,), label="c")))
+    assert host.transport.commands == lines(a, b, c, undo_b1, undo_b2, undo_a)
+    assert f"[web1]    ! undo `undo b1` failed: cannot remove {MASK}" in host.printed()
+    assert str(failed.value) == "web1: `do c` failed (exit 1)" and failed.value.completed == ["prepare", "upload"]
+
+
+def test_ctrl_c_mid_step_lets_the_command_finish_then_undoes_instead_of_going_on(host):
+    a, b1, b2, c = cmd("do", "a"), cmd("do", "b1"), cmd("do", "b2"), cmd("do", "c")
+    undo_a, undo_b = cmd("undo", "a"), cmd("undo", "b")
+    host.transport.on("do b1", host.ctrl_c)
+    with pytest.raises(Interrupted) as stopped:
+        execute(host.remote, plan(Step("prepare", (a,), undo=(undo_a,), label="a"),
+                                  Step("upload", (b1, b2), undo=(undo_b,), diagnose=(cmd("logs"),), label="b"), Step("pull", (c,), label="c")))
+    # b1 ran to its end; b2 never started; no diagnosis of an interruption
+    assert host.transport.commands == lines(a, b1, undo_b, undo_a)
+    assert str(stopped.value) == "web1: interrupted (Ctrl-C)" and stopped.value.completed == ["prepare"]
+
+
+def test_ctrl_c_during_a_poll_stops_waiting(host, clock):
+    poll = Poll(("curl", "-fsS", "http://127.0.0.1/ready"), timeout=60, interval=5)
+    host.transport.answer(line(poll), exited=7).on(line(poll), host.ctrl_c)
+    with pytest.raises(Interrupted):
+        execute(host.remote, plan(Step("ready", (poll,), undo=(cmd("stop"),))))
+    assert host.transport.commands == [line(poll), "stop"] and clock.slept == []
+
+
+def test_ctrl_c_after_the_switch_lets_best_effort_steps_finish(host):
+    switch, remove, prune = cmd("switch", "green"), cmd("rm", "old"), cmd("prune")
+    host.transport.on("switch green", host.ctrl_c)
+    outcome = execute(host.remote, plan(Step("switch", (switch,), undo=(cmd("switch", "blue"),)),
+                                        Step("cleanup", (remove, prune), best_effort=True)))
+    assert host.transport.commands == lines(switch, remove, prune)
+    assert [name for name, _ in outcome.steps] == ["switch", "cleanup"] and outcome.warnings == []
+
+
+def test_a_dropped_connection_mid_step_fails_that_step_and_undo_failures_are_reported(host):
+    a, b1, b2, logs = cmd("do", "a"), cmd("do", "b1"), cmd("do", "b2"), cmd("logs")
+    undo_a, undo_b = cmd("undo", "a"), cmd("undo", "b")
+    host.transport.drop(lambda command: command.endswith(" b2"), stays=True)
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("prepare", (a,), undo=(undo_a,), label="a"),
+                                  Step("upload", (b1, b2), undo=(undo_b,), diagnose=(logs,), label="b"), Step("pull", (cmd("do", "c"),), label="c")))
+    assert type(failed.value) is StepFailed and isinstance(failed.value.__cause__, TransportError)
+    assert str(failed.value) == "web1: b: connection dropped (memory transport)"
+    assert failed.value.completed == ["prepare"]
+    # every diagnosis and undo was attempted, and each failure reported, none raised
+    assert host.transport.commands == lines(a, b1, b2, logs, undo_b, undo_a)
+    assert host.printed()[3:] == ["[web1]    | $ logs", "[web1]    | (could not run)",
+                                  "[web1] <- undoing what this plan changed",
+                                  "[web1]    ! undo `undo b` failed: the connection failed",
+                                  "[web1]    ! undo `undo a` failed: the connection failed"]
+
+
+def test_a_put_the_connection_drops_on_fails_its_step_and_undo_runs(host):
+    put = Put("/srv/app/site.conf", b"server {}\n")
+    host.transport.drop(call=2)  # the put: a broken channel, the connection itself survives
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("upload", (cmd("mkdir", "/srv/app"), put), undo=(cmd("rm", "-r", "/srv/app"),), label="config")))
+    assert str(failed.value) == "web1: config: connection dropped (memory transport)"
+    assert host.transport.calls == ["mkdir /srv/app", Written(put.path, put.content, 0o644), "rm -r /srv/app"]
+
+
+def test_a_put_goes_through_the_transport_with_its_mode_and_secret_content_is_never_printed():
+    host = _host(secrets=())  # nothing masked: the content must not be printed at all
+    env = Put("/srv/app/app.env", f"SECRET_KEY={SECRET}\n".encode(), mode=0o600, secret=True)
+    after = cmd("chown", "app", env.path)
+    host.transport.answer(line(after), exited=1)
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("upload", (env, after), undo=(cmd("rm", env.path),),
+                                       diagnose=(cmd("ls", "-l", env.path),), label="env file")))
+    assert host.transport.calls == [Written(env.path, env.content, 0o600), line(after),
+                                    f"ls -l {env.path}", f"rm {env.path}"]
+    assert SECRET not in host.out.getvalue() and SECRET not in str(failed.value)
+
+
+def test_streamed_output_is_shown_line_by_line_prefixed_and_masked(host):
+    pull, config = cmd("docker", "compose", "pull", stream=True), cmd("docker", "compose", "config")
+    host.transport.answer(line(pull), stdout=f"pulling web\nlogin {SECRET} ok\nlast", stderr="warning: slow\n")
+    host.transport.answer(line(config), stdout="captured, not shown\n")
+    execute(host.remote, plan(Step("pull", (pull, config))))
+    assert host.printed() == ["[web1] -> pull", "[web1]     pulling web", f"[web1]     login {MASK} ok",
+                              "[web1]     warning: slow", "[web1]     last", "[web1]    ok pull (0.0s)"]
+
+
+def test_a_poll_retries_until_it_answers_what_is_expected(host, clock):
+    poll = Poll(("curl", "-fsS", "http://127.0.0.1/version"), timeout=30, interval=10, expect=SHA)
+    host.transport.answer(line(poll), exited=7, stderr="connection refused\n", times=1)
+    host.transport.answer(line(poll), stdout="aaaaaaa\n", times=1)
+    host.transport.answer(line(poll), stdout=SHA + "0" * 33 + "\n")  # the full SHA of the abbreviated one
+    outcome = execute(host.remote, plan(Step("ready", (poll,))))
+    assert host.transport.commands == [line(poll)] * 3 and clock.slept == [10, 10]
+    assert outcome.steps == [("ready", 20.0)]
+    assert "[web1]    ... still waiting (10s of 30s)" in host.printed()
+
+
+def test_a_poll_times_out_naming_its_last_answer(host, clock):
+    poll = Poll(("curl", "-fsS", "http://127.0.0.1/version"), timeout=30, interval=10, expect=SHA)
+    host.transport.answer(line(poll), stdout="aaaaaaa\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("ready", (poll,), undo=(cmd("stop"),))))
+    assert host.transport.commands == [line(poll)] * 4 + ["stop"] and clock.now == 30
+    assert str(failed.value) == f"web1: not ready after 30s:\n  - answered 'aaaaaaa', expected '{SHA}'"
+
+
+def test_a_poll_that_never_succeeds_shows_the_tail_of_its_output(host):
+    poll = Poll(("curl", "-fsS", "http://127.0.0.1/ready"), timeout=5, interval=5)
+    host.transport.answer(line(poll), exited=22, stderr=f"curl: (22) 503 {SECRET}\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("ready", (poll,))))
+    assert str(failed.value) == f"web1: not ready after 5s:\n  - curl: (22) 503 {MASK}"
