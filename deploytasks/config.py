@@ -5,83 +5,26 @@ opens: a deploy that fails on its fifth typo one SSH round trip at a time wastes
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from dotenv import dotenv_values
 
+from . import keys
 from .errors import ConfigError
 
 ENV_DIR = "envs"
 # nginx templates: a file of this name in the project's nginx/ overrides the packaged default
 TEMPLATES = {"site": "site.conf.template", "maintenance": "maintenance.html"}
 PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
-MODES = ("containers", "processes")
 SECRET_KEY_PATTERN = re.compile(r"SECRET|PASS|TOKEN|KEY|CREDENTIAL|PRIVATE|DSN|AUTH|SALT|COOKIE", re.I)
 URL_PASSWORD = re.compile(r"://[^/:@\s]+:([^/@\s]+)@")  # postgres://user:PASSWORD@host
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; nginx adds "unix:" and the socket name
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-IMAGE_RE = re.compile(r"^[a-z0-9]+([._:/-][a-z0-9]+)*$")
-PATH_RE = re.compile(r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+/?$")
-URL_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]*$")
-CIDR_RE = re.compile(r"^[0-9a-fA-F:.]+(/\d{1,3})?$")
-
-# key -> default (None: required). IMAGE_<SERVICE> keys are checked separately.
-KEYS: dict[str, str | None] = {
-    "APP_NAME": None,
-    "HOSTS": None,
-    "MODE": "containers",
-    "SSH_USER": "root",
-    "SSH_PORT": "22",
-    "SSH_KEY": "",
-    "KNOWN_HOSTS": "~/.ssh/known_hosts",
-    "CONNECT_TIMEOUT": "10",
-    "DEPLOY_PATH": "",
-    "COMPOSE_FILES": "compose/compose.yml",
-    "STATELESS_SERVICES": "",
-    "STATEFUL_SERVICES": "",
-    "WEB_SERVICE": "",
-    "NGINX_CONF": "/etc/nginx/nginx.conf",
-    "NGINX_SITE_DIR": "/etc/nginx/conf.d",
-    "NGINX_LISTEN": "80",
-    "SERVER_NAME": "_",
-    "HEALTH_PATH": "/healthz",
-    "READY_PATH": "/readyz",
-    "VERSION_PATH": "/version",
-    "HEALTH_TIMEOUT": "120",
-    "HEALTH_INTERVAL": "1",
-    "DRAIN_TIMEOUT": "30",
-    "MIGRATE_COMMAND": "",
-    "KEEP_RELEASES": "5",
-    "APP_ENV_FILE": "",
-    "APP_ENV_PASSTHROUGH": "",
-    "MAINTENANCE_ALLOW": "",
-    # process releases (MODE=processes)
-    "SOURCE_REPO": ".",
-    "SOURCE_PATH": "",
-    "APP_MODULE": "app:app",
-    "WORKERS": "4",
-    "PYTHON": "python3",
-    "REQUIREMENTS": "requirements.txt",
-    "BUILD_COMMAND": "",
-    "BUILD_INPUTS": "",
-    "BUILD_OUTPUT": "",
-    "SHARED_PATHS": "",
-    "SUPERVISOR": "auto",
-}
-SUPERVISORS = ("auto", "systemd", "pidfile")
-REL_PATH_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
 RESERVED_IN_RELEASE = ("app.env", ".venv", ".deploytasks", "nginx", "RELEASE.json")
-MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.()]*$")
 
 
 @dataclass(frozen=True)
@@ -157,12 +100,12 @@ def select_env(root: Path, env: str | None, host: str | None = None) -> str:
     """--env, else DEPLOY_ENV, else (for `fab -H HOST`) the one environment listing HOST."""
     env = env or os.environ.get("DEPLOY_ENV")
     if env:
-        if not NAME_RE.match(env) or not env_file(root, env).is_file():
+        if not keys.NAME_RE.match(env) or not env_file(root, env).is_file():
             raise ConfigError(f"unknown environment {env!r}: expected one of {', '.join(available_envs(root)) or 'none'} in {ENV_DIR}/")
         return env
     if not host:
         raise ConfigError("no environment selected: pass --env ENV or set DEPLOY_ENV")
-    matches = [e for e in available_envs(root) if host in _split(dotenv_values(env_file(root, e)).get("HOSTS") or "")]
+    matches = [e for e in available_envs(root) if host in keys.split(dotenv_values(env_file(root, e)).get("HOSTS") or "")]
     if len(matches) != 1:
         found = f"several: {', '.join(matches)}" if matches else "none"
         raise ConfigError(f"host {host!r} must be listed in the HOSTS of exactly one environment ({found}); pass --env ENV")
@@ -179,63 +122,62 @@ def load(root: Path, env: str, environ: dict[str, str] | None = None) -> Config:
 
 
 def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) -> Config:
+    """Check every key by its definition (deploytasks.keys), then what lies between keys."""
     problems: list[str] = []
-    v = _Validator(raw, problems)
-    app_name = v.match("APP_NAME", NAME_RE, "lowercase letters, digits and '-', starting with a letter")
-    hosts = v.list("HOSTS", HOST_RE, "hostnames or IP addresses", required=True)
-    mode = v.choice("MODE", MODES)
-    stateless = v.list("STATELESS_SERVICES", SERVICE_RE, "compose service names")
+    values = _read(raw, keys.GENERAL, problems)
+    mode = values["MODE"]
+    if mode == "processes":  # process keys mean nothing to containers: read (and checked) only here
+        values.update(_read(raw, keys.PROCESSES, problems))
+    app_name, stateless, stateful = values["APP_NAME"], values["STATELESS_SERVICES"], values["STATEFUL_SERVICES"]
     if mode == "containers" and not stateless:
         problems.append("STATELESS_SERVICES: missing (required for MODE=containers)")
     if mode == "processes" and not stateless:
         stateless = ("web",)  # the gunicorn of each colour is the one stateless "service"
-    stateful = v.list("STATEFUL_SERVICES", SERVICE_RE, "compose service names")
-    web = v.get("WEB_SERVICE") or (stateless[0] if stateless else "")
+    web = values["WEB_SERVICE"] or (stateless[0] if stateless else "")
     if web and web not in stateless:
         problems.append(f"WEB_SERVICE: {web!r} must be one of STATELESS_SERVICES")
     both = sorted(set(stateless) & set(stateful))
     if both:
         problems.append(f"STATEFUL_SERVICES: {', '.join(both)} cannot also be stateless")
-    compose_files = _compose_files(root, _split(v.get("COMPOSE_FILES")), problems)
+    compose_files = _compose_files(root, values["COMPOSE_FILES"], problems)
     if mode == "containers":
         _check_compose(compose_files, stateless, stateful, problems)
     images = _images(raw, stateless if mode == "containers" else (), problems)
-    unknown = sorted(k for k in raw if k not in KEYS and not k.startswith("IMAGE_"))
-    problems.extend(f"{k}: unknown key" for k in unknown)
-    app_env = _app_env(root, v.get("APP_ENV_FILE"), _split(v.get("APP_ENV_PASSTHROUGH")), environ, problems)
+    problems.extend(f"{k}: unknown key" for k in sorted(raw) if not keys.defined(k))
+    app_env = _app_env(root, values["APP_ENV_FILE"], values["APP_ENV_PASSTHROUGH"], environ, problems)
 
     config = Config(
         env=env,
         root=root,
         app_name=app_name,
-        hosts=hosts,
+        hosts=values["HOSTS"],
         mode=mode,
-        ssh_user=v.match("SSH_USER", USER_RE, "a Unix user name"),
-        ssh_port=v.integer("SSH_PORT", 1, 65535),
-        ssh_key=os.path.expanduser(v.get("SSH_KEY")),
-        known_hosts=os.path.expanduser(v.get("KNOWN_HOSTS")),
-        connect_timeout=v.number("CONNECT_TIMEOUT", 1, 300),
-        deploy_path=v.match("DEPLOY_PATH", PATH_RE, "an absolute path", default=f"/srv/{app_name}").rstrip("/"),
+        ssh_user=values["SSH_USER"],
+        ssh_port=values["SSH_PORT"],
+        ssh_key=values["SSH_KEY"],
+        known_hosts=values["KNOWN_HOSTS"],
+        connect_timeout=values["CONNECT_TIMEOUT"],
+        deploy_path=values["DEPLOY_PATH"] or f"/srv/{app_name}",
         compose_files=compose_files,
         stateless=stateless,
         stateful=stateful,
         web_service=web,
         images=images,
-        nginx_conf=v.match("NGINX_CONF", PATH_RE, "an absolute path"),
-        nginx_site_dir=v.match("NGINX_SITE_DIR", PATH_RE, "an absolute path").rstrip("/"),
-        nginx_listen=v.integer("NGINX_LISTEN", 1, 65535),
-        server_name=v.match("SERVER_NAME", re.compile(r"^[A-Za-z0-9_.*-]+( [A-Za-z0-9_.*-]+)*$"), "nginx server names"),
-        health_path=v.match("HEALTH_PATH", URL_PATH_RE, "a URL path"),
-        ready_path=v.match("READY_PATH", URL_PATH_RE, "a URL path"),
-        version_path=v.match("VERSION_PATH", URL_PATH_RE, "a URL path"),
-        health_timeout=v.number("HEALTH_TIMEOUT", 1, 3600),
-        health_interval=v.number("HEALTH_INTERVAL", 0.1, 60),
-        drain_timeout=v.number("DRAIN_TIMEOUT", 0, 3600),
-        migrate_command=v.command("MIGRATE_COMMAND"),
-        keep_releases=v.integer("KEEP_RELEASES", 2, 100),
+        nginx_conf=values["NGINX_CONF"],
+        nginx_site_dir=values["NGINX_SITE_DIR"],
+        nginx_listen=values["NGINX_LISTEN"],
+        server_name=values["SERVER_NAME"],
+        health_path=values["HEALTH_PATH"],
+        ready_path=values["READY_PATH"],
+        version_path=values["VERSION_PATH"],
+        health_timeout=values["HEALTH_TIMEOUT"],
+        health_interval=values["HEALTH_INTERVAL"],
+        drain_timeout=values["DRAIN_TIMEOUT"],
+        migrate_command=values["MIGRATE_COMMAND"],
+        keep_releases=values["KEEP_RELEASES"],
         app_env=app_env,
-        maintenance_allow=_networks(v.list("MAINTENANCE_ALLOW", CIDR_RE, "IP addresses or CIDR ranges"), problems),
-        processes=_processes(root, v, problems) if mode == "processes" else None,
+        maintenance_allow=values["MAINTENANCE_ALLOW"],
+        processes=_processes(root, values, problems) if mode == "processes" else None,
         site_template=template(root, "site", problems),
         maintenance_page=template(root, "maintenance", problems),
     )
@@ -243,6 +185,11 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
     if problems:
         raise ConfigError(f"{env_file(root, env).relative_to(root) if root else env}: {len(problems)} problem(s)", problems)
     return config
+
+
+def _read(raw: dict[str, str], group: str, problems: list[str]) -> dict:
+    """The checked value of every key of `group`, by name; each problem recorded by key."""
+    return {key.name: key.read(raw, problems) for key in keys.of(group)}
 
 
 def template(root: Path, kind: str, problems: list[str] | None = None) -> Path:
@@ -258,15 +205,6 @@ def template(root: Path, kind: str, problems: list[str] | None = None) -> Path:
     return path
 
 
-def _networks(values: tuple[str, ...], problems: list[str]) -> tuple[str, ...]:
-    for value in values:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            problems.append(f"MAINTENANCE_ALLOW: {value!r} is not an IP address or CIDR range")
-    return values
-
-
 def _check_consistency(config: "Config", problems: list[str]) -> None:
     """Problems between keys, that nginx or the kernel would only report after connecting."""
     if len(set(config.hosts)) != len(config.hosts):
@@ -280,103 +218,38 @@ def _check_consistency(config: "Config", problems: list[str]) -> None:
                         f"at most {SOCKET_PATH_MAX})")
 
 
-def _processes(root: Path, v: "_Validator", problems: list[str]) -> ProcessConfig:
-    repo = Path(os.path.expanduser(v.get("SOURCE_REPO")))
+def _processes(root: Path, values: dict, problems: list[str]) -> ProcessConfig:
+    """The process keys' values, and what a key cannot tell alone: the repository, shared paths, the build."""
+    repo = Path(values["SOURCE_REPO"])
     repo = repo if repo.is_absolute() else root / repo
     if not (repo / ".git").exists() and not (repo / "HEAD").exists():
         problems.append(f"SOURCE_REPO: {repo} is not a git repository")
-    relative = ("SOURCE_PATH", "REQUIREMENTS", "BUILD_OUTPUT")
-    paths = {key: v.match(key, REL_PATH_RE, "a relative path without '..'") for key in relative}
-    inputs = v.list("BUILD_INPUTS", REL_PATH_RE, "relative paths")
-    shared = v.list("SHARED_PATHS", REL_PATH_RE, "relative paths")
+    shared = values["SHARED_PATHS"]
     reserved = [p for p in shared if p.split("/")[0] in RESERVED_IN_RELEASE]
     if reserved:
         problems.append(f"SHARED_PATHS: {', '.join(reserved)} would replace what deploytasks writes into a release")
-    build = v.command("BUILD_COMMAND")
-    if build and not paths["BUILD_OUTPUT"]:
+    if values["BUILD_COMMAND"] and not values["BUILD_OUTPUT"]:
         problems.append("BUILD_OUTPUT: required with BUILD_COMMAND (what the build produces, reused by --fast)")
     return ProcessConfig(
         source_repo=repo,
-        source_path=paths["SOURCE_PATH"],
-        app_module=v.match("APP_MODULE", MODULE_RE, "a WSGI module:callable"),
-        workers=v.integer("WORKERS", 1, 64),
-        python=v.match("PYTHON", re.compile(r"^[A-Za-z0-9_./-]+$"), "an interpreter name or path"),
-        requirements=paths["REQUIREMENTS"],
-        build_command=build,
-        build_inputs=inputs,
-        build_output=paths["BUILD_OUTPUT"],
+        source_path=values["SOURCE_PATH"],
+        app_module=values["APP_MODULE"],
+        workers=values["WORKERS"],
+        python=values["PYTHON"],
+        requirements=values["REQUIREMENTS"],
+        build_command=values["BUILD_COMMAND"],
+        build_inputs=values["BUILD_INPUTS"],
+        build_output=values["BUILD_OUTPUT"],
         shared_paths=shared,
-        supervisor=v.choice("SUPERVISOR", SUPERVISORS),
+        supervisor=values["SUPERVISOR"],
     )
 
 
-class _Validator:
-    """Reads keys with defaults, recording a problem per bad key instead of stopping."""
-
-    def __init__(self, raw: dict[str, str], problems: list[str]):
-        self.raw, self.problems = raw, problems
-
-    def get(self, key: str) -> str:
-        value = self.raw.get(key, "").strip()
-        if not value and KEYS[key] is None:
-            self.problems.append(f"{key}: missing (required)")
-        return value or (KEYS[key] or "")
-
-    def match(self, key: str, pattern: re.Pattern, what: str, default: str = "") -> str:
-        value = self.get(key) or default
-        if value and (not pattern.match(value) or (pattern is PATH_RE and ".." in value.split("/"))):
-            self.problems.append(f"{key}: {value!r} is not {what}")
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...]) -> str:
-        value = self.get(key)
-        if value not in choices:
-            self.problems.append(f"{key}: {value!r} must be one of {', '.join(choices)}")
-        return value
-
-    def integer(self, key: str, low: int, high: int) -> int:
-        return int(self._numeric(key, low, high, int))
-
-    def number(self, key: str, low: float, high: float) -> float:
-        return float(self._numeric(key, low, high, float))
-
-    def _numeric(self, key, low, high, kind):
-        value = self.get(key)
-        try:
-            number = kind(value)
-        except ValueError:
-            self.problems.append(f"{key}: {value!r} is not a {'whole ' if kind is int else ''}number")
-            return low
-        if not low <= number <= high:
-            self.problems.append(f"{key}: {value} is out of range {low}..{high}")
-        return number
-
-    def list(self, key: str, pattern: re.Pattern, what: str, required: bool = False) -> tuple[str, ...]:
-        items = _split(self.get(key))
-        bad = [i for i in items if not pattern.match(i)]
-        if bad:
-            self.problems.append(f"{key}: {', '.join(map(repr, bad))} not {what}")
-        if required and not items and self.raw.get(key, "").strip():
-            self.problems.append(f"{key}: empty (required)")
-        return tuple(items)
-
-    def command(self, key: str) -> tuple[str, ...]:
-        try:
-            return tuple(shlex.split(self.get(key)))
-        except ValueError as exc:
-            self.problems.append(f"{key}: cannot be split into arguments ({exc})")
-            return ()
-
-
-def _split(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
 def image_key(service: str) -> str:
-    return "IMAGE_" + re.sub(r"[^A-Za-z0-9]", "_", service).upper()
+    return keys.IMAGE_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", service).upper()
 
 
-def _compose_files(root: Path, names: list[str], problems: list[str]) -> tuple[Path, ...]:
+def _compose_files(root: Path, names: tuple[str, ...], problems: list[str]) -> tuple[Path, ...]:
     """Compose files live inside the project: they are uploaded under the same relative path."""
     inside = []
     for name in names:
@@ -395,11 +268,11 @@ def _images(raw: dict[str, str], stateless: tuple[str, ...], problems: list[str]
         image = raw.get(key, "").strip()
         if not image:
             problems.append(f"{key}: missing (the image of stateless service {service!r}, tagged by SHA at deploy)")
-        elif not IMAGE_RE.match(image) or image.rsplit("/", 1)[-1].count(":"):
-            problems.append(f"{key}: {image!r} is not an image name without tag")
+        else:
+            keys.IMAGES.check(key, image, problems)
         images[service] = image
     expected = {image_key(s) for s in stateless}
-    problems.extend(f"{k}: no stateless service of that name" for k in raw if k.startswith("IMAGE_") and k not in expected and stateless)
+    problems.extend(f"{k}: no stateless service of that name" for k in raw if k.startswith(keys.IMAGE_PREFIX) and k not in expected and stateless)
     return images
 
 
@@ -461,11 +334,11 @@ def _blue_green_problems(name: str, spec: dict) -> list[str]:
     return [f"COMPOSE_FILES: service {problem}" for problem in found]
 
 
-def _app_env(root: Path, file: str, passthrough: list[str], environ, problems: list[str]) -> dict[str, str]:
+def _app_env(root: Path, file: str, passthrough: tuple[str, ...], environ, problems: list[str]) -> dict[str, str]:
     """The app's runtime variables: its own untracked file, then named process variables."""
     values: dict[str, str] = {}
     if file:
-        path = Path(os.path.expanduser(file))
+        path = Path(file)
         path = path if path.is_absolute() else root / path
         if path.is_file():
             values.update({k: v or "" for k, v in dotenv_values(path).items()})
