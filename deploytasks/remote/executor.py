@@ -151,7 +151,7 @@ def _poll(remote: Remote, poll: Poll) -> None:
 def _diagnose(remote: Remote, step: Step) -> None:
     for action in step.diagnose:
         result = _try(remote, action)
-        remote.console(f"   | $ {action}"[:160])
+        remote.console(f"   | $ {remote.console.mask(str(action))}"[:160])  # masked before it is cut
         for line in tail(result, 40) if result else ["(could not run)"]:
             remote.console(f"   | {remote.console.mask(line)}")
 

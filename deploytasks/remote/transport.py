@@ -8,10 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..errors import DeployError
 
-class TransportError(Exception):
+
+class TransportError(DeployError):
     """The connection is gone or its channel broke, or a file could not be written: what the
-    command did, if anything, is unknown. A command's non-zero exit is not this: it is a Result."""
+    command did, if anything, is unknown. A command's non-zero exit is not this: it is a Result.
+    Outside a plan's steps (reading state, the lock) it reaches the user as one clear line."""
 
 
 @dataclass(frozen=True)
