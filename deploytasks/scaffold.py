@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import IMAGE_RE, KEYS, NAME_RE, _blue_green_problems, compose_model, image_key
+from . import keys
+from .config import _blue_green_problems, compose_model, image_key
+from .keys import IMAGE_RE, NAME_RE
 from .errors import ConfigError
 
 # Where Compose itself looks, in its order of preference, and where teams keep them.
@@ -214,94 +216,77 @@ def _wsgi_module(root: Path) -> str:
 
 
 def _default(key: str) -> str:
-    return KEYS[key] or ""
+    return keys.BY_NAME[key].default or ""
+
+
+def _meaning(key: str) -> str:
+    """The key's meaning as the README's table states it (keys.py), without markdown."""
+    definition = keys.IMAGES if key.startswith(keys.IMAGE_PREFIX) else keys.BY_NAME[key]
+    return definition.meaning.replace("`", "")
 
 
 def env_entries(d: Detected, env: str) -> list[tuple[str, str, str]]:
-    """(key, value, comment) of envs/<env>.env.example, in order: the one list of what init writes."""
+    """(key, value, comment) of envs/<env>.env.example, in order: the one list of what init writes.
+    Each comment is the key's meaning from keys.py, then what init found out about its value."""
     host = ENVS[env]
     stateless, stateful, left_out = d.role(STATELESS), d.role(STATEFUL), d.role(LEFT_OUT)
-    entries = [
-        ("APP_NAME", d.app_name, "lowercase name: compose projects <app>, <app>-blue, <app>-green, the nginx site "
-                                 "<app>.conf"),
-        ("HOSTS", host, "comma-separated hostnames or addresses of your servers (placeholder: edit)"),
-        ("MODE", d.mode, "containers (Compose) or processes (gunicorn on the host)"),
-        ("SSH_USER", _default("SSH_USER"), "SSH user; needs to run docker and nginx and write DEPLOY_PATH and "
-                                           "NGINX_SITE_DIR"),
-        ("SSH_PORT", _default("SSH_PORT"), "SSH port"),
-        ("SSH_KEY", "", "private key file (empty: the SSH agent and your default keys)"),
-        ("KNOWN_HOSTS", _default("KNOWN_HOSTS"), "the only host keys trusted; an unknown key is refused (see "
-                                                 "--accept-new-host-key)"),
-        ("CONNECT_TIMEOUT", _default("CONNECT_TIMEOUT"), "seconds to reach a host and finish the SSH handshake"),
-        ("DEPLOY_PATH", f"/srv/{d.app_name}", "the app's directory on the host"),
+    entries = [  # (key, value, what init adds to the key's meaning)
+        ("APP_NAME", d.app_name, "from the repository's directory name"),
+        ("HOSTS", host, "placeholder: edit"),
+        ("MODE", d.mode, ""),
+        ("SSH_USER", _default("SSH_USER"), ""),
+        ("SSH_PORT", _default("SSH_PORT"), ""),
+        ("SSH_KEY", "", "empty: the SSH agent and your default keys"),
+        ("KNOWN_HOSTS", _default("KNOWN_HOSTS"), ""),
+        ("CONNECT_TIMEOUT", _default("CONNECT_TIMEOUT"), ""),
+        ("DEPLOY_PATH", f"/srv/{d.app_name}", ""),
     ]
     if d.mode == "containers":
-        unused = f"\nalso found, not used: {', '.join(d.unused)}" if d.unused else ""
+        unused = f"also found, not used: {', '.join(d.unused)}" if d.unused else ""
         entries += [
-            ("COMPOSE_FILES", ",".join(d.compose_files), "comma-separated compose files inside this repository, "
-                                                         f"deployed as they are{unused}"),
+            ("COMPOSE_FILES", ",".join(d.compose_files), unused),
             ("STATELESS_SERVICES", ",".join(s.name for s in stateless),
-             "services switched blue/green (the web service and workers)"
-             + "".join(f"\n{s.name}: {s.why}" for s in stateless)
-             + "".join(f"\ncheck: {p}" for s in stateless for p in s.problems)),
+             "\n".join([*(f"{s.name}: {s.why}" for s in stateless),
+                        *(f"check: {p}" for s in stateless for p in s.problems)])),
             ("STATEFUL_SERVICES", ",".join(s.name for s in stateful),
-             "services shared by both colours and never restarted by a deploy (databases, caches); every compose "
-             "service must be in one of the two lists"
-             + "".join(f"\n{s.name}: {s.why}" for s in stateful)
-             + "".join(f"\nnot in either list: {s.name}: {s.why}" for s in left_out)),
-            ("WEB_SERVICE", d.web, "the stateless service nginx routes to"
-             + (" (it publishes a port)" if any(s.ports for s in stateless if s.name == d.web) else "")),
+             "\n".join([*(f"{s.name}: {s.why}" for s in stateful),
+                        *(f"not in either list: {s.name}: {s.why}" for s in left_out)])),
+            ("WEB_SERVICE", d.web, "it publishes a port" if any(s.ports for s in stateless if s.name == d.web) else ""),
         ]
-        entries += [(image_key(s.name), s.image, f"image of {s.name} without tag; a deploy pulls <image>:<sha>, "
-                                                 f"so CI pushes one tagged by each git SHA\n{s.image_note}")
-                    for s in stateless]
-        migrate = "command run in a one-off container of the new web image before any traffic moves (empty: none)"
+        entries += [(image_key(s.name), s.image, f"a deploy pulls <image>:<sha>, so CI pushes one tagged by each "
+                                                 f"git SHA\n{s.image_note}".strip()) for s in stateless]
     else:
         entries += [
-            ("SOURCE_REPO", _default("SOURCE_REPO"), "local git repository whose commits are deployed (the host "
-                                                     "needs no access to it)"),
-            ("SOURCE_PATH", "", "subdirectory of the repository that is the app (empty: the whole tree)"),
-            ("APP_MODULE", d.app_module or _default("APP_MODULE"), "the WSGI callable gunicorn serves"
-             + ("" if d.app_module else " (placeholder: edit)")),
-            ("WORKERS", _default("WORKERS"), "gunicorn workers per colour"),
-            ("PYTHON", _default("PYTHON"), "interpreter on the host that creates the virtualenvs"),
-            ("REQUIREMENTS", _default("REQUIREMENTS"), "requirements file in the app, gunicorn among them (its git "
-                                                       "blob id keys the virtualenv)"),
-            ("BUILD_COMMAND", "", "command run in the release with the app's env and virtualenv (empty: no build)"),
-            ("BUILD_INPUTS", "", "paths whose content decides whether --fast may reuse the build (empty: the whole "
-                                 "app)"),
-            ("BUILD_OUTPUT", "", "what the build produces, copied from the live release by --fast (required with a "
-                                 "build)"),
-            ("SHARED_PATHS", "", "paths linked from shared/ into every release (uploads and the like)"),
-            ("SUPERVISOR", _default("SUPERVISOR"), "auto (systemd if the host runs it, else pid files), systemd or "
-                                                   "pidfile"),
+            ("SOURCE_REPO", _default("SOURCE_REPO"), ""),
+            ("SOURCE_PATH", "", "empty: the whole tree"),
+            ("APP_MODULE", d.app_module or _default("APP_MODULE"), "" if d.app_module else "placeholder: edit"),
+            ("WORKERS", _default("WORKERS"), ""),
+            ("PYTHON", _default("PYTHON"), ""),
+            ("REQUIREMENTS", _default("REQUIREMENTS"), "gunicorn among them"),
+            ("BUILD_COMMAND", "", "empty: no build"),
+            ("BUILD_INPUTS", "", "empty: the whole app"),
+            ("BUILD_OUTPUT", "", ""),
+            ("SHARED_PATHS", "", "uploads and the like"),
+            ("SUPERVISOR", _default("SUPERVISOR"), ""),
         ]
-        migrate = "command run in the new release, with the app's env and virtualenv, before any traffic moves " \
-                  "(empty: none)"
-    guessed = "\nguessed from manage.py: check it" if d.migrate_command else ""
     entries += [
-        ("MIGRATE_COMMAND", d.migrate_command, migrate + guessed),
-        ("NGINX_CONF", _default("NGINX_CONF"), "the host's main nginx config (for nginx -t and reload)"),
-        ("NGINX_SITE_DIR", _default("NGINX_SITE_DIR"), "a directory the main config includes; the site is written "
-                                                       "as <app>.conf"),
-        ("NGINX_LISTEN", _default("NGINX_LISTEN"), "port the site listens on"),
-        ("SERVER_NAME", host, "nginx server_name, space-separated names (placeholder: edit)"),
-        ("HEALTH_PATH", _default("HEALTH_PATH"), "liveness endpoint (process up); always passes maintenance mode"),
-        ("READY_PATH", _default("READY_PATH"), "readiness endpoint (database reachable, schema compatible); gates "
-                                               "every switch"),
-        ("VERSION_PATH", _default("VERSION_PATH"), "answers the SHA the app was built from; checked through nginx "
-                                                   "after the switch"),
-        ("HEALTH_TIMEOUT", _default("HEALTH_TIMEOUT"), "seconds the new colour has to become healthy and then ready"),
-        ("HEALTH_INTERVAL", _default("HEALTH_INTERVAL"), "seconds between readiness polls"),
-        ("DRAIN_TIMEOUT", _default("DRAIN_TIMEOUT"), "seconds the old colour gets to finish in-flight requests"),
-        ("KEEP_RELEASES", _default("KEEP_RELEASES"), "release directories kept on each host"),
-        ("APP_ENV_FILE", f"envs/{env}.app.env", "the app's runtime variables and secrets: an untracked dotenv "
-                                                "file, uploaded per release as app.env, mode 0600"),
-        ("APP_ENV_PASSTHROUGH", "", "comma-separated names of process environment variables (CI secrets) added "
-                                    "to app.env"),
-        ("MAINTENANCE_ALLOW", "", "addresses / CIDR ranges that bypass maintenance mode"),
+        ("MIGRATE_COMMAND", d.migrate_command, "guessed from manage.py: check it" if d.migrate_command else ""),
+        ("NGINX_CONF", _default("NGINX_CONF"), ""),
+        ("NGINX_SITE_DIR", _default("NGINX_SITE_DIR"), ""),
+        ("NGINX_LISTEN", _default("NGINX_LISTEN"), ""),
+        ("SERVER_NAME", host, "placeholder: edit"),
+        ("HEALTH_PATH", _default("HEALTH_PATH"), ""),
+        ("READY_PATH", _default("READY_PATH"), ""),
+        ("VERSION_PATH", _default("VERSION_PATH"), ""),
+        ("HEALTH_TIMEOUT", _default("HEALTH_TIMEOUT"), ""),
+        ("HEALTH_INTERVAL", _default("HEALTH_INTERVAL"), ""),
+        ("DRAIN_TIMEOUT", _default("DRAIN_TIMEOUT"), ""),
+        ("KEEP_RELEASES", _default("KEEP_RELEASES"), ""),
+        ("APP_ENV_FILE", f"envs/{env}.app.env", "init created it, empty; git ignores it"),
+        ("APP_ENV_PASSTHROUGH", "", ""),
+        ("MAINTENANCE_ALLOW", "", ""),
     ]
-    return entries
+    return [(key, value, "\n".join(part for part in (_meaning(key), note) if part)) for key, value, note in entries]
 
 
 def placeholders(d: Detected) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 from conftest import replace_keys
 from dotenv import dotenv_values
 
-from deploytasks import cli, scaffold
+from deploytasks import cli, keys, scaffold
 from deploytasks import config as configuration
 from deploytasks.errors import ConfigError
 
@@ -259,7 +259,7 @@ def test_image_name(image, name):
     ("shop", "shop"), ("My_Shop.v2", "my-shop-v2"), ("2048-game", "game"), ("___", "app"), ("a" * 60, "a" * 40),
 ])
 def test_app_name(directory, name):
-    assert scaffold.app_name(directory) == name and configuration.NAME_RE.match(name)
+    assert scaffold.app_name(directory) == name and keys.NAME_RE.match(name)
 
 
 # --- writing ------------------------------------------------------------------------------------
