@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from deploytasks import config as configuration
 from deploytasks import lock, operations
 from deploytasks.errors import ConfigError, DeployError, LockHeld, StepFailed
 from deploytasks.layout import Layout
@@ -169,12 +170,14 @@ def test_broken_nginx_config_never_reaches_nginx(fresh_host, tmp_path):
     site = Path(config.nginx_site_dir, "example.conf")
     installed = site.read_text()
 
-    root = tmp_path / "repo"
-    for part in ("envs", "compose", "nginx"):
+    root = tmp_path / "repo"  # the user's own nginx/site.conf.template overrides the packaged one
+    for part in ("envs", "compose"):
         shutil.copytree(ROOT / part, root / part)
+    (root / "nginx").mkdir()
     template = root / "nginx" / "site.conf.template"
-    template.write_text(template.read_text().replace("proxy_read_timeout 120s;", "proxy_read_timeout forever;"))
-    broken = target_of(config, root=root, compose_files=tuple(root / "compose" / "compose.yml" for _ in (0,)))
+    template.write_text(config.site_template.read_text().replace("proxy_read_timeout 120s;", "proxy_read_timeout forever;"))
+    broken = target_of(configuration.load(root, "local"))
+    assert broken.config.site_template == template
 
     with pytest.raises(StepFailed, match="nginx"):
         operations.deploy(broken, sha("v2"))

@@ -1,0 +1,120 @@
+"""Compose files as the team wrote them, plus one overlay per release that makes blue/green work.
+
+The stateless services of each colour run as their own compose project (<app>-blue, <app>-green);
+the stateful ones run once, in project <app>, and a deploy never recreates them. The overlay gives
+each colour its image tag, its run directory (the socket nginx reaches it through), and shared
+network and volume names so both colours reach the same database and the same data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ..config import Config, compose_model
+from ..layout import APP_ENV, CONTAINER_RUN_DIR, Layout
+
+OVERLAY = "compose.deploy.yml"
+INTERPOLATION_ENV = "compose.env"
+
+
+class _Reset(list):
+    """Compose's `!reset` tag: drop what the team's file sets (host ports would clash between colours)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Reset, lambda dumper, data: dumper.represent_sequence("!reset", data))
+
+
+def model(config: Config) -> dict:
+    return compose_model(config.compose_files)
+
+
+def release_files(config: Config) -> dict[str, bytes]:
+    """Compose files keyed by their path relative to the project root, as they are in git."""
+    return {name: path.read_bytes() for name, path in zip(release_files_names(config), config.compose_files)}
+
+
+def shared_networks(config: Config, compose: dict) -> dict[str, str]:
+    """Networks both colours and the stateful project join: created by the deploy, named per app."""
+    named = {n: spec.get("name") for n, spec in compose["networks"].items() if not spec.get("external")}
+    return {n: named.get(n) or f"{config.app_name}_{n}" for n in ["default", *named]}
+
+
+def overlay(config: Config, compose: dict, layout: Layout, release_dir: str, sha: str, colour: str) -> str:
+    services = {}
+    for service in config.stateless:
+        spec = compose["services"].get(service) or {}
+        environment = {"DEPLOY_SHA": sha, "DEPLOY_COLOUR": colour, "DEPLOY_ENV": config.env}
+        if service == config.web_service:
+            environment["APP_SOCKET"] = f"{CONTAINER_RUN_DIR}/{layout.web}.sock"
+            ours = f"--bind=unix:{CONTAINER_RUN_DIR}/{layout.web}.sock --graceful-timeout={int(config.drain_timeout)}"
+            theirs = _environment(spec).get("GUNICORN_CMD_ARGS") or config.app_env.get("GUNICORN_CMD_ARGS", "")
+            environment["GUNICORN_CMD_ARGS"] = f"{theirs} {ours}".strip()  # later options win in gunicorn
+        override = {
+            "image": f"{config.images[service]}:{sha}",
+            "env_file": [f"{release_dir}/{APP_ENV}"],
+            "environment": environment,
+            "volumes": [f"{layout.run_dir(colour)}:{CONTAINER_RUN_DIR}"],
+            "stop_grace_period": f"{int(config.drain_timeout) + 5}s",
+            "labels": {"deploytasks.sha": sha, "deploytasks.colour": colour},
+        }
+        if spec.get("ports"):
+            override["ports"] = _Reset()
+        if spec.get("container_name"):
+            override["container_name"] = _Reset()  # two colours cannot share one name
+        services[service] = override
+    networks = {n: {"name": name, "external": True} for n, name in shared_networks(config, compose).items()}
+    volumes = {
+        v: {"name": f"{config.app_name}_{v}"}
+        for v, spec in compose["volumes"].items()
+        if not spec.get("external") and not spec.get("name")
+    }
+    document = {"services": services, "networks": networks}
+    if volumes:
+        document["volumes"] = volumes
+    header = f"# Rendered by deploytasks for {config.app_name} {sha} ({colour}); do not edit.\n"
+    return header + yaml.dump(document, Dumper=_Dumper, sort_keys=False)
+
+
+def _environment(spec: dict) -> dict[str, str]:
+    """A service's `environment:`, whether written as a mapping or as a list of KEY=VALUE."""
+    environment = spec.get("environment") or {}
+    if isinstance(environment, dict):
+        return {k: str(v) for k, v in environment.items() if v is not None}
+    return dict(item.split("=", 1) for item in environment if "=" in item)
+
+
+def interpolation_env(config: Config, sha: str, colour: str) -> str:
+    """Variables the team's compose files may interpolate: ${DEPLOY_SHA} and friends."""
+    return f"DEPLOY_SHA={sha}\nDEPLOY_COLOUR={colour}\nDEPLOY_ENV={config.env}\nAPP_NAME={config.app_name}\n"
+
+
+def app_env(values: dict[str, str]) -> str:
+    """The app's runtime variables in compose's env_file syntax, quoted so `$`, `#`, spaces stay literal."""
+    return "".join(f"{key}={_quote(value)}\n" for key, value in values.items())
+
+
+def _quote(value: str) -> str:
+    if "'" not in value and not value.endswith("\\"):
+        return f"'{value}'"
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$") + '"'
+
+
+def command(config: Config, release_dir: str, project: str, *args: str) -> tuple[str, ...]:
+    files = [f"{release_dir}/{name}" for name in release_files_names(config)] + [f"{release_dir}/{OVERLAY}"]
+    argv = ["docker", "compose", "-p", project, "--env-file", f"{release_dir}/{INTERPOLATION_ENV}"]
+    for file in files:
+        argv += ["-f", file]
+    return (*argv, *args)
+
+
+def release_files_names(config: Config) -> list[str]:
+    return [str(Path(p).relative_to(config.root)) for p in config.compose_files]
+
+
+def project(config: Config, colour: str | None = None) -> str:
+    return f"{config.app_name}-{colour}" if colour else config.app_name

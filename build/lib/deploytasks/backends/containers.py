@@ -1,0 +1,124 @@
+"""Container releases: each colour's stateless services are a Compose project of their own
+(<app>-blue, <app>-green) running images tagged by SHA; stateful services run once, in project
+<app>, and a deploy never recreates them.
+
+Staging a release uploads the team's compose files as they are plus our overlay, pulls the
+images (never builds), creates the shared networks and brings up the stateful services.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+
+from .. import phases, registry, traffic
+from ..config import Config
+from ..errors import ConfigError
+from ..facts import HostState, release_sha
+from ..layout import APP_ENV, Layout
+from ..plan import Cmd, Put, Step, cmd, sh
+from . import compose
+
+
+class ContainerColour:
+    """Compose commands for one colour of one release."""
+
+    def __init__(self, config: Config, colour: str, release: str, project: str | None = None):
+        self.config, self.colour, self.release = config, colour, release
+        self.dir = Layout.of(config).release(release)
+        self.project = project or compose.project(config, colour)
+
+    def __call__(self, *args: str, stream: bool = False) -> Cmd:
+        return Cmd(compose.command(self.config, self.dir, self.project, *args), stream=stream)
+
+    def diagnostics(self) -> tuple[Cmd, ...]:
+        return self("ps", "-a"), self("logs", "--no-color", "--tail", "30", *self.config.stateless)
+
+    def start(self, *, fresh: bool) -> Step:
+        """Bring the colour up and wait for its containers' health checks; undo removes what a
+        deploy created, or stops again what a rollback started."""
+        services = self.config.stateless
+        undo = self("rm", "-f", "-s", *services) if fresh else self("stop", "-t", "5", *services)
+        # a recreated colour binds a fresh socket; one still running (a rollback after a failed
+        # drain) keeps listening on the one it has
+        fresh_socket = (cmd("rm", "-f", Layout.of(self.config).socket(self.colour)),) if fresh else ()
+        return Step(phases.START, (*fresh_socket, self._up(fresh)), undo=(undo,), diagnose=self.diagnostics(),
+                    label=f"start {self.colour}")
+
+    def restart(self) -> tuple[Cmd, ...]:
+        return (self._up(fresh=False),)
+
+    def _up(self, fresh: bool) -> Cmd:
+        flags = ("--force-recreate",) if fresh else ()
+        return self("up", "-d", "--no-deps", *flags, "--wait", "--wait-timeout",
+                    str(int(self.config.health_timeout)), *self.config.stateless)
+
+    def ready(self) -> Step:
+        return traffic.readiness(self.config, self.colour, diagnose=self.diagnostics())
+
+    def stop(self) -> Cmd:
+        return self("stop", "-t", str(int(self.config.drain_timeout) + 5), *self.config.stateless)
+
+    def migrate(self) -> Step:
+        """A one-off container of the new web image, before any traffic moves."""
+        return Step(phases.MIGRATE, (self("run", "--rm", "--no-deps", "-T", self.config.web_service,
+                                          *self.config.migrate_command, stream=True),))
+
+
+def check_images(config: Config, sha: str) -> None:
+    """Every stateless image of the SHA is in the registry (asked before any connection opens)."""
+    missing = registry.missing(config.images, sha)
+    if missing:
+        raise ConfigError(f"image(s) for {sha} not in the registry; nothing was changed", missing)
+
+
+class Containers:
+    """The container backend, for the images of `sha` (None: only rollbacks to what a host has)."""
+
+    windows = True
+
+    def __init__(self, config: Config, sha: str | None = None):
+        self.config, self.sha = config, sha
+
+    def colour(self, state: HostState, colour: str, release: str) -> ContainerColour:
+        return ContainerColour(self.config, colour, release)
+
+    def stage(self, state: HostState, new: ContainerColour) -> list[Step]:
+        config = self.config
+        model = compose.model(config)
+        shared = ContainerColour(config, "shared", new.release, project=compose.project(config))
+        steps = [
+            _upload_step(_uploads(config, model, new.dir, self.sha, new.colour)),
+            Step(phases.PULL, (new("pull", *config.stateless, stream=True),), label="pull images"),
+            Step(phases.NETWORKS, tuple(
+                cmd("docker", "network", "create", name, unless=("docker", "network", "inspect", name))
+                for name in compose.shared_networks(config, model).values()
+            )),
+        ]
+        if config.stateful:
+            steps.append(Step(phases.STATEFUL, (shared("up", "-d", "--no-recreate", *config.stateful),),
+                              label="stateful services"))
+        return steps
+
+    def freed(self, state: HostState, doomed: list[str], kept: list[str]) -> tuple[Cmd, ...]:
+        """Images of the removed releases, unless a kept release uses them (in use: docker refuses)."""
+        in_use = {release_sha(r) for r in kept}
+        images = sorted(f"{self.config.images[service]}:{sha}" for sha in {release_sha(r) for r in doomed} - in_use
+                        for service in self.config.stateless)
+        return (cmd(*sh('docker image rm "$@" >/dev/null 2>&1; true', *images)),) if images else ()
+
+
+def _upload_step(files: tuple[Put, ...]) -> Step:
+    folders = sorted({posixpath.dirname(put.path) for put in files})
+    return Step(phases.UPLOAD, (cmd("mkdir", "-p", *folders), *files), label="upload release")
+
+
+def _uploads(config, model, release_dir, sha, colour) -> tuple[Put, ...]:
+    layout = Layout.of(config)
+    files = [Put(f"{release_dir}/{name}", content) for name, content in compose.release_files(config).items()]
+    files += [
+        Put(f"{release_dir}/{compose.OVERLAY}", compose.overlay(config, model, layout, release_dir, sha, colour).encode()),
+        Put(f"{release_dir}/{compose.INTERPOLATION_ENV}", compose.interpolation_env(config, sha, colour).encode()),
+        Put(f"{release_dir}/{APP_ENV}", compose.app_env(config.app_env).encode(), mode=0o600, secret=True),
+        Put(f"{release_dir}/RELEASE.json", (json.dumps({"sha": sha, "colour": colour, "env": config.env}) + "\n").encode()),
+    ]
+    return tuple(files)

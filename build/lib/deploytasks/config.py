@@ -1,0 +1,356 @@
+"""Configuration: one env file per environment, read into a frozen, validated object.
+
+Every problem in a file is collected and reported at once, by key, before any connection
+opens: a deploy that fails on its fifth typo one SSH round trip at a time wastes a morning.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from dotenv import dotenv_values
+
+from . import keys
+from .errors import ConfigError
+
+ENV_DIR = "envs"
+# nginx templates: a file of this name in the project's nginx/ overrides the packaged default
+TEMPLATES = {"site": "site.conf.template", "maintenance": "maintenance.html"}
+PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
+SECRET_KEY_PATTERN = re.compile(r"SECRET|PASS|TOKEN|KEY|CREDENTIAL|PRIVATE|DSN|AUTH|SALT|COOKIE", re.I)
+URL_PASSWORD = re.compile(r"://[^/:@\s]+:([^/@\s]+)@")  # postgres://user:PASSWORD@host
+SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; nginx adds "unix:" and the socket name
+
+RESERVED_IN_RELEASE = ("app.env", ".venv", ".deploytasks", "nginx", "RELEASE.json")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One environment, validated. Paths are absolute; lists are tuples."""
+
+    env: str
+    root: Path
+    app_name: str
+    hosts: tuple[str, ...]
+    mode: str
+    ssh_user: str
+    ssh_port: int
+    ssh_key: str
+    known_hosts: str
+    connect_timeout: float
+    deploy_path: str
+    compose_files: tuple[Path, ...]
+    stateless: tuple[str, ...]
+    stateful: tuple[str, ...]
+    web_service: str
+    images: dict[str, str]
+    nginx_conf: str
+    nginx_site_dir: str
+    nginx_listen: int
+    server_name: str
+    health_path: str
+    ready_path: str
+    version_path: str
+    health_timeout: float
+    health_interval: float
+    drain_timeout: float
+    migrate_command: tuple[str, ...]
+    keep_releases: int
+    app_env: dict[str, str] = field(repr=False)
+    maintenance_allow: tuple[str, ...] = ()
+    processes: "ProcessConfig | None" = None
+    site_template: Path = PACKAGED_TEMPLATES / TEMPLATES["site"]
+    maintenance_page: Path = PACKAGED_TEMPLATES / TEMPLATES["maintenance"]
+
+    def secrets(self) -> list[str]:
+        """Values never to print: app env values whose key looks secret, and passwords in URLs."""
+        values = [v for k, v in self.app_env.items() if v and SECRET_KEY_PATTERN.search(k)]
+        return values + [m for v in self.app_env.values() for m in URL_PASSWORD.findall(v)]
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """How a process release is built and run (MODE=processes)."""
+
+    source_repo: Path
+    source_path: str
+    app_module: str
+    workers: int
+    python: str
+    requirements: str
+    build_command: tuple[str, ...]
+    build_inputs: tuple[str, ...]
+    build_output: str
+    shared_paths: tuple[str, ...]
+    supervisor: str
+
+
+def env_file(root: Path, env: str) -> Path:
+    return root / ENV_DIR / f"{env}.env"
+
+
+def available_envs(root: Path) -> list[str]:
+    return sorted(p.name[: -len(".env")] for p in (root / ENV_DIR).glob("*.env"))
+
+
+def select_env(root: Path, env: str | None, host: str | None = None) -> str:
+    """--env, else DEPLOY_ENV, else (for `fab -H HOST`) the one environment listing HOST."""
+    env = env or os.environ.get("DEPLOY_ENV")
+    if env:
+        if not keys.NAME_RE.match(env) or not env_file(root, env).is_file():
+            raise ConfigError(f"unknown environment {env!r}: expected one of {', '.join(available_envs(root)) or 'none'} in {ENV_DIR}/")
+        return env
+    if not host:
+        raise ConfigError("no environment selected: pass --env ENV or set DEPLOY_ENV")
+    matches = [e for e in available_envs(root) if host in keys.split(dotenv_values(env_file(root, e)).get("HOSTS") or "")]
+    if len(matches) != 1:
+        found = f"several: {', '.join(matches)}" if matches else "none"
+        raise ConfigError(f"host {host!r} must be listed in the HOSTS of exactly one environment ({found}); pass --env ENV")
+    return matches[0]
+
+
+def load(root: Path, env: str, environ: dict[str, str] | None = None) -> Config:
+    """Read envs/<env>.env (process environment overrides nothing: the file is the record)."""
+    path = env_file(root, env)
+    if not path.is_file():
+        raise ConfigError(f"environment file {path} not found")
+    return parse(root, env, {k: (v or "") for k, v in dotenv_values(path).items()},
+                 os.environ if environ is None else environ)
+
+
+def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) -> Config:
+    """Check every key by its definition (deploytasks.keys), then what lies between keys."""
+    problems: list[str] = []
+    values = _read(raw, keys.GENERAL, problems)
+    mode = values["MODE"]
+    if mode == "processes":  # process keys mean nothing to containers: read (and checked) only here
+        values.update(_read(raw, keys.PROCESSES, problems))
+    app_name, stateless, stateful = values["APP_NAME"], values["STATELESS_SERVICES"], values["STATEFUL_SERVICES"]
+    if mode == "containers" and not stateless:
+        problems.append("STATELESS_SERVICES: missing (required for MODE=containers)")
+    if mode == "processes" and not stateless:
+        stateless = ("web",)  # the gunicorn of each colour is the one stateless "service"
+    web = values["WEB_SERVICE"] or (stateless[0] if stateless else "")
+    if web and web not in stateless:
+        problems.append(f"WEB_SERVICE: {web!r} must be one of STATELESS_SERVICES")
+    both = sorted(set(stateless) & set(stateful))
+    if both:
+        problems.append(f"STATEFUL_SERVICES: {', '.join(both)} cannot also be stateless")
+    compose_files = _compose_files(root, values["COMPOSE_FILES"], problems)
+    if mode == "containers":
+        _check_compose(compose_files, stateless, stateful, problems)
+    images = _images(raw, stateless if mode == "containers" else (), problems)
+    problems.extend(f"{k}: unknown key" for k in sorted(raw) if not keys.defined(k))
+    app_env = _app_env(root, values["APP_ENV_FILE"], values["APP_ENV_PASSTHROUGH"], environ, problems)
+
+    config = Config(
+        env=env,
+        root=root,
+        app_name=app_name,
+        hosts=values["HOSTS"],
+        mode=mode,
+        ssh_user=values["SSH_USER"],
+        ssh_port=values["SSH_PORT"],
+        ssh_key=values["SSH_KEY"],
+        known_hosts=values["KNOWN_HOSTS"],
+        connect_timeout=values["CONNECT_TIMEOUT"],
+        deploy_path=values["DEPLOY_PATH"] or f"/srv/{app_name}",
+        compose_files=compose_files,
+        stateless=stateless,
+        stateful=stateful,
+        web_service=web,
+        images=images,
+        nginx_conf=values["NGINX_CONF"],
+        nginx_site_dir=values["NGINX_SITE_DIR"],
+        nginx_listen=values["NGINX_LISTEN"],
+        server_name=values["SERVER_NAME"],
+        health_path=values["HEALTH_PATH"],
+        ready_path=values["READY_PATH"],
+        version_path=values["VERSION_PATH"],
+        health_timeout=values["HEALTH_TIMEOUT"],
+        health_interval=values["HEALTH_INTERVAL"],
+        drain_timeout=values["DRAIN_TIMEOUT"],
+        migrate_command=values["MIGRATE_COMMAND"],
+        keep_releases=values["KEEP_RELEASES"],
+        app_env=app_env,
+        maintenance_allow=values["MAINTENANCE_ALLOW"],
+        processes=_processes(root, values, problems) if mode == "processes" else None,
+        site_template=template(root, "site", problems),
+        maintenance_page=template(root, "maintenance", problems),
+    )
+    _check_consistency(config, problems)
+    if problems:
+        raise ConfigError(f"{env_file(root, env).relative_to(root) if root else env}: {len(problems)} problem(s)", problems)
+    return config
+
+
+def _read(raw: dict[str, str], group: str, problems: list[str]) -> dict:
+    """The checked value of every key of `group`, by name; each problem recorded by key."""
+    return {key.name: key.read(raw, problems) for key in keys.of(group)}
+
+
+def template(root: Path, kind: str, problems: list[str] | None = None) -> Path:
+    """The project's nginx/<name> if it has one, else the packaged default; unreadable is a problem."""
+    own = root / "nginx" / TEMPLATES[kind]
+    path = own if own.exists() else PACKAGED_TEMPLATES / TEMPLATES[kind]
+    try:
+        path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        if problems is None:
+            raise
+        problems.append(f"nginx template {path}: cannot be read ({exc.__class__.__name__})")
+    return path
+
+
+def _check_consistency(config: "Config", problems: list[str]) -> None:
+    """Problems between keys, that nginx or the kernel would only report after connecting."""
+    if len(set(config.hosts)) != len(config.hosts):
+        problems.append("HOSTS: a host is listed twice")
+    paths = {"HEALTH_PATH": config.health_path, "READY_PATH": config.ready_path, "VERSION_PATH": config.version_path}
+    if len(set(paths.values())) != len(paths):
+        problems.append("HEALTH_PATH, READY_PATH, VERSION_PATH: must be three different paths")
+    socket = f"{config.deploy_path}/run/green/{config.web_service or 'web'}.sock"
+    if len(socket) > SOCKET_PATH_MAX:
+        problems.append(f"DEPLOY_PATH: too long for a unix socket path ({socket} is {len(socket)} bytes, "
+                        f"at most {SOCKET_PATH_MAX})")
+
+
+def _processes(root: Path, values: dict, problems: list[str]) -> ProcessConfig:
+    """The process keys' values, and what a key cannot tell alone: the repository, shared paths, the build."""
+    repo = Path(values["SOURCE_REPO"])
+    repo = repo if repo.is_absolute() else root / repo
+    if not (repo / ".git").exists() and not (repo / "HEAD").exists():
+        problems.append(f"SOURCE_REPO: {repo} is not a git repository")
+    shared = values["SHARED_PATHS"]
+    reserved = [p for p in shared if p.split("/")[0] in RESERVED_IN_RELEASE]
+    if reserved:
+        problems.append(f"SHARED_PATHS: {', '.join(reserved)} would replace what deploytasks writes into a release")
+    if values["BUILD_COMMAND"] and not values["BUILD_OUTPUT"]:
+        problems.append("BUILD_OUTPUT: required with BUILD_COMMAND (what the build produces, reused by --fast)")
+    return ProcessConfig(
+        source_repo=repo,
+        source_path=values["SOURCE_PATH"],
+        app_module=values["APP_MODULE"],
+        workers=values["WORKERS"],
+        python=values["PYTHON"],
+        requirements=values["REQUIREMENTS"],
+        build_command=values["BUILD_COMMAND"],
+        build_inputs=values["BUILD_INPUTS"],
+        build_output=values["BUILD_OUTPUT"],
+        shared_paths=shared,
+        supervisor=values["SUPERVISOR"],
+    )
+
+
+def image_key(service: str) -> str:
+    return keys.IMAGE_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", service).upper()
+
+
+def _compose_files(root: Path, names: tuple[str, ...], problems: list[str]) -> tuple[Path, ...]:
+    """Compose files live inside the project: they are uploaded under the same relative path."""
+    inside = []
+    for name in names:
+        path = (root / name).resolve()
+        if Path(name).is_absolute() or not path.is_relative_to(root.resolve()):
+            problems.append(f"COMPOSE_FILES: {name!r} must be a path inside the project")
+        else:
+            inside.append(root / name)
+    return tuple(inside)
+
+
+def _images(raw: dict[str, str], stateless: tuple[str, ...], problems: list[str]) -> dict[str, str]:
+    images = {}
+    for service in stateless:
+        key = image_key(service)
+        image = raw.get(key, "").strip()
+        if not image:
+            problems.append(f"{key}: missing (the image of stateless service {service!r}, tagged by SHA at deploy)")
+        else:
+            keys.IMAGES.check(key, image, problems)
+        images[service] = image
+    expected = {image_key(s) for s in stateless}
+    problems.extend(f"{k}: no stateless service of that name" for k in raw if k.startswith(keys.IMAGE_PREFIX) and k not in expected and stateless)
+    return images
+
+
+def compose_model(files: tuple[Path, ...], problems: list[str] | None = None) -> dict:
+    """The team's compose files merged at top level: services, volumes, networks. Files that
+    cannot be read are reported in `problems` (or raise, without it)."""
+    merged: dict = {"services": {}, "volumes": {}, "networks": {}}
+    for path in files:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+            for key in merged:
+                for name, spec in (data.get(key) or {}).items():
+                    merged[key].setdefault(name, {}).update(spec or {})
+        except (OSError, yaml.YAMLError, AttributeError) as exc:
+            if problems is None:
+                raise
+            problems.append(f"COMPOSE_FILES: cannot read {path}: {str(exc).splitlines()[0]}")
+    return merged
+
+
+def _check_compose(files, stateless, stateful, problems) -> None:
+    if not files:
+        problems.append("COMPOSE_FILES: empty (required for MODE=containers)")
+        return
+    read_problems: list[str] = []
+    model = compose_model(files, read_problems)
+    problems.extend(read_problems)
+    if read_problems:
+        return
+    services = set(model["services"])
+    for name in stateless:
+        problems.extend(_blue_green_problems(name, model["services"].get(name) or {}))
+    for key, names in (("STATELESS_SERVICES", stateless), ("STATEFUL_SERVICES", stateful)):
+        unknown = [n for n in names if n not in services]
+        if unknown:
+            problems.append(f"{key}: unknown service {', '.join(map(repr, unknown))} (compose defines {', '.join(sorted(services))})")
+    unclassified = sorted(services - set(stateless) - set(stateful))
+    if unclassified:
+        problems.append(f"STATEFUL_SERVICES: compose service {', '.join(map(repr, unclassified))} is neither stateless nor stateful")
+
+
+def _blue_green_problems(name: str, spec: dict) -> list[str]:
+    """What in a stateless service cannot run twice side by side, or cannot travel in a release."""
+    found = []
+    replicas = (spec.get("deploy") or {}).get("replicas") or spec.get("scale") or 1
+    if str(replicas).isdigit() and int(replicas) > 1:
+        found.append(f"{name}: replicas {replicas}: each colour runs one container per service "
+                     "(use gunicorn workers for concurrency)")
+    for volume in spec.get("volumes") or []:
+        source = volume.get("source", "") if isinstance(volume, dict) else str(volume).split(":")[0]
+        if source.startswith((".", "~")):
+            found.append(f"{name}: bind mount {source!r} is relative to the repository: only the compose files "
+                         "are uploaded; bake the files into the image or use an absolute host path")
+    env_files = spec.get("env_file") or []
+    for env_file in [env_files] if isinstance(env_files, (str, dict)) else env_files:
+        path = env_file.get("path", "") if isinstance(env_file, dict) else env_file
+        if not str(path).startswith("/"):
+            found.append(f"{name}: env_file {path!r} is not uploaded; use APP_ENV_FILE")
+    return [f"COMPOSE_FILES: service {problem}" for problem in found]
+
+
+def _app_env(root: Path, file: str, passthrough: tuple[str, ...], environ, problems: list[str]) -> dict[str, str]:
+    """The app's runtime variables: its own untracked file, then named process variables."""
+    values: dict[str, str] = {}
+    if file:
+        path = Path(file)
+        path = path if path.is_absolute() else root / path
+        if path.is_file():
+            values.update({k: v or "" for k, v in dotenv_values(path).items()})
+        else:
+            problems.append(f"APP_ENV_FILE: {file} not found")
+    for name in passthrough:
+        if name in environ:
+            values[name] = environ[name]
+        else:
+            problems.append(f"APP_ENV_PASSTHROUGH: {name} is not set in the environment")
+    bad = [k for k in values if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)]
+    problems.extend(f"APP_ENV_FILE: {k!r} is not a variable name" for k in bad)
+    multiline = [k for k, v in values.items() if "\n" in v]
+    problems.extend(f"APP_ENV_FILE: {k} spans several lines (not supported by compose env files)" for k in multiline)
+    return values

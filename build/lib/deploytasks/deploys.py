@@ -1,0 +1,66 @@
+"""The deploy and rollback skeleton every kind of release shares.
+
+    prepare -> stage (backend) -> nginx site -> migrate -> start new -> ready
+            -> switch -> check through nginx -> drain old -> cleanup
+
+Everything before the switch happens beside the live colour, which keeps serving; a failure
+anywhere stops the new colour and, past the switch, swaps traffic back. With `window`
+(a migration the old version cannot run beside), the new colour boots first and a short
+maintenance window covers only: stop old, migrate, ready, switch.
+"""
+from __future__ import annotations
+
+from . import maintenance, nginx, phases, traffic
+from .backends import Backend
+from .config import Config
+from .facts import HostState, release_sha
+from .layout import Layout, other
+from .plan import Plan, Step
+from .releases import cleanup_step, prepare_step, to_delete
+
+
+def deploy(config: Config, state: HostState, backend: Backend, sha: str, release: str, *, migrate: bool = True,
+           kind: str = "deploy", window: bool = False) -> Plan:
+    layout = Layout.of(config)
+    live = state.live
+    new = backend.colour(state, other(live), release)
+    old = backend.colour(state, live, state.release_of(live)) if live and state.release_of(live) else None
+    steps = [prepare_step(layout, release), *backend.stage(state, new),
+             nginx.install_step(config, layout.rendered_site(release))]
+    migration = [new.migrate()] if migrate and config.migrate_command else []
+    if window:
+        # the new colour boots outside the window (ready only after the migration); a window the
+        # operator opened before the deploy stays open after it
+        own_window = not state.maintenance
+        steps.append(new.start(fresh=True))
+        steps += [maintenance.window_on_step(config, live)] if own_window else []
+        if old:
+            steps.append(Step(phases.STOP_OLD, (old.stop(),), undo=old.restart(), label=f"stop {old.colour}"))
+        steps += [*migration, new.ready(), traffic.switch(config, state, new.colour, release),
+                  *([maintenance.off_step(config)] if own_window else []), traffic.verify(config, sha)]
+    else:
+        steps += [*migration, new.start(fresh=True), new.ready(),
+                  *traffic.switch_over(config, state, new.colour, release, sha, (old.stop(),) if old else ())]
+    steps.append(_cleanup(config, state, backend, release))
+    return Plan(kind, sha, tuple(steps), {"colour": new.colour, "release": release,
+                                          "previous": release_sha(state.release_of(live)), "window": window})
+
+
+def rollback(config: Config, state: HostState, backend: Backend) -> Plan:
+    """Back to the colour that served before: it is stopped, not gone (containers kept, release
+    and virtualenv kept), so this is a start, a gate and a switch; no pull, no build, no migration."""
+    colour, release, sha = traffic.rollback_target(state)
+    target = backend.colour(state, colour, release)
+    old = backend.colour(state, state.live, state.release_of(state.live))
+    steps = [target.start(fresh=False), target.ready(),
+             *traffic.switch_over(config, state, colour, release, sha, (old.stop(),))]
+    return Plan("rollback", sha, tuple(steps), {"colour": colour, "release": release,
+                                                "previous": release_sha(state.release_of(state.live))})
+
+
+def _cleanup(config: Config, state: HostState, backend: Backend, release: str) -> Step:
+    """Old releases beyond KEEP_RELEASES, and what only they used; never what a colour or
+    `current` points at."""
+    doomed = to_delete(state, config.keep_releases, (release,))
+    kept = sorted({*state.releases, release} - set(doomed))
+    return cleanup_step(Layout.of(config), doomed, then=backend.freed(state, doomed, kept))

@@ -1,0 +1,135 @@
+"""What is on a host now, read in one round trip: a command plus the parser of its output.
+
+Every plan starts from these facts; nothing about the host is remembered on the deploying
+machine, so a deploy from a laptop that died half way is recovered by the next one from anywhere.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .layout import COLOURS, Layout
+from .plan import sh
+
+_SCRIPT = r"""
+blue=$1; green=$2; live=$3; current=$4; flag=$5; releases=$6; lock=$7; info=$8; history=$9
+bluepid=${10}; greenpid=${11}
+printf 'now %s\n' "$(date +%s)"
+printf 'colour blue %s\n' "$(readlink "$blue" 2>/dev/null)"
+printf 'colour green %s\n' "$(readlink "$green" 2>/dev/null)"
+printf 'live %s\n' "$(readlink "$live" 2>/dev/null)"
+printf 'current %s\n' "$(readlink "$current" 2>/dev/null)"
+[ -e "$flag" ] && echo 'maintenance on'
+for r in "$releases"/*/; do [ -d "$r" ] && printf 'release %s\n' "$(basename "$r")"; done
+if [ -f "$info" ]; then printf 'lock %s\n' "$(tr -d '\n' < "$info")"
+elif [ -d "$lock" ]; then printf 'lock {"since": %s}\n' "$(stat -c %Y "$lock")"; fi
+tail -n 200 "$history" 2>/dev/null | sed 's/^/history /'
+[ -d /run/systemd/system ] && echo 'systemd yes'
+p=$(cat "$bluepid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && printf 'process blue %s\n' "$p"
+p=$(cat "$greenpid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && printf 'process green %s\n' "$p"
+if command -v docker >/dev/null 2>&1; then
+  docker ps -a --filter "label=com.docker.compose.project" \
+    --format 'container {{.Label "com.docker.compose.project"}}	{{.Label "com.docker.compose.service"}}	{{.State}}	{{.Status}}	{{.Image}}' 2>/dev/null
+fi
+true
+"""
+
+
+@dataclass(frozen=True)
+class Container:
+    project: str
+    service: str
+    state: str  # running | exited | created ...
+    status: str  # "Up 3 minutes (healthy)"
+    image: str
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "running" and "unhealthy" not in self.status and "starting" not in self.status
+
+
+@dataclass(frozen=True)
+class HostState:
+    now: int = 0
+    colours: dict[str, str] = field(default_factory=dict)  # colour -> release name it runs
+    live: str | None = None  # colour nginx sends traffic to
+    current: str | None = None  # release name `current` points at
+    releases: tuple[str, ...] = ()
+    maintenance: bool = False
+    lock: dict | None = None
+    history: tuple[dict, ...] = ()
+    containers: tuple[Container, ...] = ()
+    processes: dict[str, int] = field(default_factory=dict)  # colour -> gunicorn master pid, if alive
+    systemd: bool = False
+
+    @property
+    def deployed(self) -> bool:
+        return self.live is not None
+
+    def release_of(self, colour: str | None) -> str | None:
+        return self.colours.get(colour) if colour else None
+
+    def containers_of(self, project: str) -> list[Container]:
+        return [c for c in self.containers if c.project == project]
+
+
+def read_command(layout: Layout) -> tuple[str, ...]:
+    """Every path comes from the layout: the script itself names none."""
+    return sh(_SCRIPT, layout.colour_link("blue"), layout.colour_link("green"), layout.live_socket, layout.current,
+              layout.maintenance_flag, layout.releases, layout.lock, layout.lock_info, layout.history,
+              layout.pidfile("blue"), layout.pidfile("green"))
+
+
+def release_sha(release: str | None) -> str | None:
+    """Release directories are named <UTC-ts>-<sha>."""
+    return release.rsplit("-", 1)[-1] if release else None
+
+
+def parse(output: str) -> HostState:
+    fields: dict = {"colours": {}, "releases": [], "history": [], "containers": [], "processes": {}}
+    for line in output.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "now" and value.isdigit():
+            fields["now"] = int(value)
+        elif key == "colour":
+            colour, _, target = value.partition(" ")
+            if colour in COLOURS and target:
+                fields["colours"][colour] = target.rstrip("/").rsplit("/", 1)[-1]
+        elif key == "live" and value:
+            colour = value.split("/", 1)[0]
+            fields["live"] = colour if colour in COLOURS else None
+        elif key == "current" and value:
+            fields["current"] = value.rstrip("/").rsplit("/", 1)[-1]
+        elif key == "maintenance":
+            fields["maintenance"] = True
+        elif key == "release":
+            fields["releases"].append(value)
+        elif key == "lock":
+            fields["lock"] = json_object(value) or {"raw": value}
+        elif key == "history":
+            entry = json_object(value)
+            if entry:
+                fields["history"].append(entry)
+        elif key == "systemd":
+            fields["systemd"] = True
+        elif key == "process":
+            colour, _, pid = value.partition(" ")
+            if colour in COLOURS and pid.isdigit():
+                fields["processes"][colour] = int(pid)
+        elif key == "container":
+            parts = value.split("\t")
+            if len(parts) == 5:
+                fields["containers"].append(Container(*parts))
+    fields["releases"] = tuple(sorted(fields["releases"]))
+    fields["history"] = tuple(fields["history"])
+    fields["containers"] = tuple(fields["containers"])
+    return HostState(**fields)
+
+
+def json_object(text: str) -> dict | None:
+    """A JSON object from one line of remote output, or None for anything else."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

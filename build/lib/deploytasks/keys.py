@@ -1,0 +1,346 @@
+"""The env-file keys, each defined once: name, default, check, and the line the README shows.
+
+config.parse validates by these definitions, and the README's configuration tables are rendered
+from them (`python -m deploytasks.keys`; a unit test keeps the two equal), so a key cannot be
+documented one way and checked another. Checks between keys (services against compose files,
+images, the app's env) need the project on disk and stay in config.py. Pure: no fabric, no files.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GENERAL, PROCESSES = "general", "processes"
+MODES = ("containers", "processes")
+SUPERVISORS = ("auto", "systemd", "pidfile")
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+IMAGE_RE = re.compile(r"^[a-z0-9]+([._:/-][a-z0-9]+)*$")
+PATH_RE = re.compile(r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+/?$")
+URL_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]*$")
+CIDR_RE = re.compile(r"^[0-9a-fA-F:.]+(/\d{1,3})?$")
+SERVER_NAMES_RE = re.compile(r"^[A-Za-z0-9_.*-]+( [A-Za-z0-9_.*-]+)*$")
+REL_PATH_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.()]*$")
+INTERPRETER_RE = re.compile(r"^[A-Za-z0-9_./-]+$")
+
+
+def split(value: str) -> list[str]:
+    """A comma-separated value's items, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# --- checks: each turns a key's text into its value and records what is wrong as "KEY: ..." ---
+
+Check = Callable[[str, str, list[str]], Any]  # (key, text, problems) -> value
+
+
+@dataclass(frozen=True)
+class Text:
+    """Any text: what it must be depends on other keys (checked in config.py)."""
+
+    def __call__(self, key: str, value: str, problems: list[str]) -> str:
+        return value
+
+
+@dataclass(frozen=True)
+class LocalPath:
+    """A file on the deploying machine; `~` is expanded."""
+
+    def __call__(self, key: str, value: str, problems: list[str]) -> str:
+        return os.path.expanduser(value)
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple[str, ...]
+
+    def __call__(self, key: str, value: str, problems: list[str]) -> str:
+        if value not in self.options:
+            problems.append(f"{key}: {value!r} must be one of {', '.join(self.options)}")
+        return value
+
+
+@dataclass(frozen=True)
+class Number:
+    """A number within low..high (a bad one reads as `low`, so later checks still run)."""
+
+    low: float
+    high: float
+    whole = False
+
+    def __call__(self, key: str, value: str, problems: list[str]) -> float:
+        kind = int if self.whole else float
+        try:
+            number = kind(value)
+        except ValueError:
+            problems.append(f"{key}: {value!r} is not a {'whole ' if self.whole else ''}number")
+            return kind(self.low)
+        if not self.low <= number <= self.high:
+            problems.append(f"{key}: {value} is out of range {self.low}..{self.high}")
+        return number
+
+
+@dataclass(frozen=True)
+class Integer(Number):
+    whole = True
+
+
+@dataclass(frozen=True)
+class Match:
+    """Text of one shape; `what` names the shape in the problem."""
+
+    pattern: re.Pattern
+    what: str
+
+    def ok(self, value: str) -> bool:
+        return bool(self.pattern.match(value))
+
+    def __call__(self, key: str, value: str, problems: list[str]) -> str:
+        if value and not self.ok(value):
+            problems.append(f"{key}: {value!r} is not {self.what}")
+        return value
+
+
+@dataclass(frozen=True)
+class HostPath(Match):
+    """An absolute path on the host, without `..` (it lands in commands and the nginx site)."""
+
+    pattern: re.Pattern = PATH_RE
+    what: str = "an absolute path"
+
+    def ok(self, value: str) -> bool:
+        return super().ok(value) and ".." not in value.split("/")
+
+    def __call__(self, key: str, value: str, problems: list[str]) -> str:
+        return super().__call__(key, value, problems).rstrip("/")
+
+
+@dataclass(frozen=True)
+class Image(Match):
+    """A registry image name without tag: deploys tag it with the SHA."""
+
+    pattern: re.Pattern = IMAGE_RE
+    what: str = "an image name without tag"
+
+    def ok(self, value: str) -> bool:
+        return super().ok(value) and ":" not in value.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Items:
+    """A comma-separated list whose items match `pattern` (any items, without one)."""
+
+    pattern: re.Pattern | None = None
+    what: str = ""
+
+    def ok(self, item: str) -> bool:
+        return self.pattern is None or bool(self.pattern.match(item))
+
+    def __call__(self, key: str, value: str, problems: list[str]) -> tuple[str, ...]:
+        items = split(value)
+        bad = [item for item in items if not self.ok(item)]
+        if bad:
+            problems.append(f"{key}: {', '.join(map(repr, bad))} not {self.what}")
+        return tuple(items)
+
+
+@dataclass(frozen=True)
+class Networks(Items):
+    """IP addresses and CIDR ranges: the characters first (they reach nginx), then the address."""
+
+    pattern: re.Pattern | None = CIDR_RE
+    what: str = "IP addresses or CIDR ranges"
+
+    def ok(self, item: str) -> bool:
+        try:
+            return super().ok(item) and bool(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command line, split as a shell would (it runs as an argument list, never through a shell)."""
+
+    def __call__(self, key: str, value: str, problems: list[str]) -> tuple[str, ...]:
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            problems.append(f"{key}: cannot be split into arguments ({exc})")
+            return ()
+
+
+# --- the keys ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Key:
+    """One env-file key: a row of the README's tables and how parse reads it."""
+
+    name: str
+    default: str | None  # the value when unset or empty; None: required
+    check: Check
+    meaning: str  # the README's "meaning" column
+    group: str = GENERAL
+    shown: str = ""  # the README's "default" column, when the value alone would mislead (computed defaults)
+
+    @property
+    def default_text(self) -> str:
+        if self.shown:
+            return self.shown
+        return "required" if self.default is None else f"`{self.default}`" if self.default else "empty"
+
+    def read(self, raw: Mapping[str, str], problems: list[str]) -> Any:
+        """This key's value in an env file: stripped, defaulted and checked; problems recorded by key."""
+        text = raw.get(self.name, "").strip()
+        if not text and self.default is None:
+            problems.append(f"{self.name}: missing (required)")
+        value = self.check(self.name, text or self.default or "", problems)
+        if text and self.default is None and not value:
+            problems.append(f"{self.name}: empty (required)")
+        return value
+
+
+PORT = Integer(1, 65535)
+URL_PATH = Match(URL_PATH_RE, "a URL path")
+SERVICES = Items(SERVICE_RE, "compose service names")
+REL_PATH = Match(REL_PATH_RE, "a relative path without '..'")
+REL_PATHS = Items(REL_PATH_RE, "relative paths")
+
+# One entry per key, in the README's order. IMAGES stands for the IMAGE_<SERVICE> keys, one per
+# stateless service: which exist depends on STATELESS_SERVICES, so config.py reads them.
+IMAGES = Key("IMAGE_<SERVICE>", None, Image(),
+             "image name without tag for that service (`IMAGE_WEB=ghcr.io/org/web`); the tag is the SHA",
+             shown="required per stateless service")
+IMAGE_PREFIX = "IMAGE_"
+
+KEYS: tuple[Key, ...] = (
+    Key("APP_NAME", None, Match(NAME_RE, "lowercase letters, digits and '-', starting with a letter"),
+        "lowercase name: compose projects `<app>`, `<app>-blue`, `<app>-green`, the nginx site `<app>.conf`"),
+    Key("HOSTS", None, Items(HOST_RE, "hostnames or IP addresses"),
+        "comma-separated hostnames or addresses"),
+    Key("MODE", "containers", Choice(MODES),
+        "`containers` (Compose) or `processes` (gunicorn on the host)"),
+    Key("SSH_USER", "root", Match(USER_RE, "a Unix user name"),
+        "SSH user; needs to run `docker` and `nginx` and write `DEPLOY_PATH` and `NGINX_SITE_DIR`"),
+    Key("SSH_PORT", "22", PORT,
+        "SSH port"),
+    Key("SSH_KEY", "", LocalPath(),
+        "private key file", shown="agent / default keys"),
+    Key("KNOWN_HOSTS", "~/.ssh/known_hosts", LocalPath(),
+        "the only host keys trusted; an unknown key is refused (see `--accept-new-host-key`)"),
+    Key("CONNECT_TIMEOUT", "10", Number(1, 300),
+        "seconds to reach a host and finish the SSH handshake"),
+    Key("DEPLOY_PATH", "", HostPath(),
+        "the app's directory on the host (layout below)", shown="`/srv/<APP_NAME>`"),
+    Key("COMPOSE_FILES", "compose/compose.yml", Items(),
+        "comma-separated compose files inside this repository, deployed as they are"),
+    Key("STATELESS_SERVICES", "", SERVICES,
+        "services switched blue/green (the web service and workers)", shown="required for containers"),
+    Key("STATEFUL_SERVICES", "", SERVICES,
+        "services shared by both colours and never restarted by a deploy (databases, caches); "
+        "every compose service must be in one of the two lists"),
+    Key("WEB_SERVICE", "", Text(),
+        "the stateless service nginx routes to", shown="first stateless"),
+    IMAGES,
+    Key("NGINX_CONF", "/etc/nginx/nginx.conf", HostPath(),
+        "the host's main nginx config (for `nginx -t` and reload)"),
+    Key("NGINX_SITE_DIR", "/etc/nginx/conf.d", HostPath(),
+        "a directory the main config includes; the site is written as `<app>.conf`"),
+    Key("NGINX_LISTEN", "80", PORT,
+        "port the site listens on"),
+    Key("SERVER_NAME", "_", Match(SERVER_NAMES_RE, "nginx server names"),
+        "nginx `server_name` (space-separated names)"),
+    Key("HEALTH_PATH", "/healthz", URL_PATH,
+        "liveness endpoint (process up); always passes maintenance mode"),
+    Key("READY_PATH", "/readyz", URL_PATH,
+        "readiness endpoint (database reachable, schema compatible); gates every switch"),
+    Key("VERSION_PATH", "/version", URL_PATH,
+        "answers the SHA the app was built from; checked through nginx after the switch"),
+    Key("HEALTH_TIMEOUT", "120", Number(1, 3600),
+        "seconds the new colour has to become healthy and then ready"),
+    Key("HEALTH_INTERVAL", "1", Number(0.1, 60),
+        "seconds between readiness polls"),
+    Key("DRAIN_TIMEOUT", "30", Number(0, 3600),
+        "seconds the old colour gets to finish in-flight requests (gunicorn `--graceful-timeout`; "
+        "compose stop grace is this + 5)"),
+    Key("MIGRATE_COMMAND", "", Command(),
+        "command run in a one-off container of the new web image before any traffic moves",
+        shown="empty (no migrations)"),
+    Key("KEEP_RELEASES", "5", Integer(2, 100),
+        "release directories kept on each host (never fewer than the two colours' and `current`)"),
+    Key("APP_ENV_FILE", "", LocalPath(),
+        "the app's runtime variables and secrets: an untracked dotenv file, uploaded per release as "
+        "`app.env`, mode 0600"),
+    Key("APP_ENV_PASSTHROUGH", "", Items(),
+        "comma-separated names of process environment variables (CI secrets) added to `app.env`"),
+    Key("MAINTENANCE_ALLOW", "", Networks(),
+        "addresses / CIDR ranges that bypass maintenance mode"),
+
+    Key("SOURCE_REPO", ".", LocalPath(),
+        "local git repository whose commits are deployed (the host needs no access to it)", group=PROCESSES),
+    Key("SOURCE_PATH", "", REL_PATH,
+        "subdirectory of the repository that is the app", group=PROCESSES, shown="empty (whole tree)"),
+    Key("APP_MODULE", "app:app", Match(MODULE_RE, "a WSGI module:callable"),
+        "the WSGI callable gunicorn serves", group=PROCESSES),
+    Key("WORKERS", "4", Integer(1, 64),
+        "gunicorn workers per colour", group=PROCESSES),
+    Key("PYTHON", "python3", Match(INTERPRETER_RE, "an interpreter name or path"),
+        "interpreter on the host that creates the virtualenvs", group=PROCESSES),
+    Key("REQUIREMENTS", "requirements.txt", REL_PATH,
+        "requirements file in the app (its git blob id keys the virtualenv)", group=PROCESSES),
+    Key("BUILD_COMMAND", "", Command(),
+        "command run in the release with the app's env and virtualenv",
+        group=PROCESSES, shown="empty (no build)"),
+    Key("BUILD_INPUTS", "", REL_PATHS,
+        "paths whose content decides whether `--fast` may reuse the build",
+        group=PROCESSES, shown="empty (the whole app)"),
+    Key("BUILD_OUTPUT", "", REL_PATH,
+        "what the build produces, copied from the live release by `--fast`",
+        group=PROCESSES, shown="required with a build"),
+    Key("SHARED_PATHS", "", REL_PATHS,
+        "paths linked from `shared/` into every release", group=PROCESSES),
+    Key("SUPERVISOR", "auto", Choice(SUPERVISORS),
+        "`auto` (systemd if the host runs it, else pid files), `systemd` or `pidfile`", group=PROCESSES),
+)
+
+# the keys an env file may set by name (the IMAGE_<SERVICE> keys aside)
+BY_NAME: dict[str, Key] = {key.name: key for key in KEYS if key is not IMAGES}
+
+
+def of(group: str) -> list[Key]:
+    """The keys of a group that an env file sets by name, in order."""
+    return [key for key in BY_NAME.values() if key.group == group]
+
+
+def defined(name: str) -> bool:
+    """Whether an env file may set `name` (anything else is reported as an unknown key)."""
+    return name in BY_NAME or name.startswith(IMAGE_PREFIX)
+
+
+# --- the README's tables -----------------------------------------------------------------------
+
+PROCESSES_INTRO = "Keys for `MODE=processes` (container keys about compose and images do not apply):"
+
+
+def table(group: str) -> str:
+    """One markdown table of the README: every key of `group`, IMAGE_<SERVICE> included."""
+    rows = [f"| `{key.name}` | {key.default_text} | {key.meaning} |" for key in KEYS if key.group == group]
+    return "\n".join(["| key | default | meaning |", "| --- | --- | --- |", *rows])
+
+
+def tables() -> str:
+    """The README's configuration tables, as they appear there: general, then process keys."""
+    return f"{table(GENERAL)}\n\n{PROCESSES_INTRO}\n\n{table(PROCESSES)}\n"
+
+
+if __name__ == "__main__":
+    print(tables(), end="")

@@ -1,0 +1,161 @@
+"""Where everything lives on a host, in one place, so every plan and script agrees on it.
+
+    <deploy_path>/
+      releases/<UTC-ts>-<sha>/   what was deployed (compose files, rendered config, app.env 0600)
+      current -> releases/...    the release now serving
+      shared/                    persistent files (process releases: venvs/, logs/, SHARED_PATHS)
+      run/<colour>/<web>.sock    the socket each colour's web service listens on
+      run/<web>.sock -> <colour>/<web>.sock   the live link nginx connects through
+      state/<colour> -> ../releases/...       what each colour runs
+      state/history.jsonl, state/lock/, state/maintenance
+      nginx/site.conf, nginx/site.d/          the site as last rendered; the user's additions
+      .backups/<UTC-ts>/                      process releases: what a rollback needs beyond releases/
+
+No other module spells these names: shell scripts receive the paths as arguments.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Config
+
+COLOURS = ("blue", "green")
+CONTAINER_RUN_DIR = "/run/deploytasks"  # where a container sees its colour's run directory
+APP_ENV = "app.env"  # the app's runtime variables in each release (mode 0600)
+RELEASE_META = ".deploytasks"  # per-release files of ours (process releases): env wrapper, build hash
+RELEASE_VENV = ".venv"  # a process release's link to its virtualenv under shared/venvs
+LOCK_INFO = "info.json"  # inside the lock directory: who holds it
+
+
+def other(colour: str | None) -> str:
+    """The colour a deploy starts: the one not serving (blue for a first deploy)."""
+    return "green" if colour == "blue" else "blue"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: str
+    web: str
+    app: str = "app"
+    site_dir: str = "/etc/nginx/conf.d"
+
+    @classmethod
+    def of(cls, config: Config) -> "Layout":
+        return cls(config.deploy_path, config.web_service or "web", config.app_name, config.nginx_site_dir)
+
+    def relative(self, path: str) -> str:
+        """A path of this layout relative to the root (for tar members)."""
+        prefix = self.root + "/"
+        if not path.startswith(prefix):
+            raise ValueError(f"{path} is not under {self.root}")
+        return path[len(prefix):]
+
+    # --- releases
+    @property
+    def releases(self) -> str:
+        return f"{self.root}/releases"
+
+    def release(self, name: str) -> str:
+        return f"{self.releases}/{name}"
+
+    @property
+    def current(self) -> str:
+        return f"{self.root}/current"
+
+    # --- persistent files
+    @property
+    def shared(self) -> str:
+        return f"{self.root}/shared"
+
+    @property
+    def venvs(self) -> str:
+        return f"{self.shared}/venvs"
+
+    @property
+    def logs(self) -> str:
+        return f"{self.shared}/logs"
+
+    def log(self, colour: str) -> str:
+        return f"{self.logs}/{colour}.log"
+
+    @property
+    def backups(self) -> str:
+        return f"{self.root}/.backups"
+
+    # --- what each colour runs and listens on
+    @property
+    def run(self) -> str:
+        return f"{self.root}/run"
+
+    def run_dir(self, colour: str) -> str:
+        return f"{self.run}/{colour}"
+
+    def socket(self, colour: str) -> str:
+        return f"{self.run_dir(colour)}/{self.web}.sock"
+
+    def pidfile(self, colour: str) -> str:
+        return f"{self.run_dir(colour)}/gunicorn.pid"
+
+    def start_script(self, colour: str) -> str:
+        return f"{self.run_dir(colour)}/start.sh"
+
+    @property
+    def live_socket(self) -> str:
+        return f"{self.run}/{self.web}.sock"
+
+    def live_target(self, colour: str) -> str:
+        """The live link's target for `colour`, relative to the link."""
+        return f"{colour}/{self.web}.sock"
+
+    # --- state
+    @property
+    def state(self) -> str:
+        return f"{self.root}/state"
+
+    def colour_link(self, colour: str) -> str:
+        return f"{self.state}/{colour}"
+
+    def colour_target(self, release: str) -> str:
+        """A colour link's target, relative to the link (state/ -> releases/)."""
+        return f"../releases/{release}"
+
+    def current_target(self, release: str) -> str:
+        return f"releases/{release}"
+
+    @property
+    def history(self) -> str:
+        return f"{self.state}/history.jsonl"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.state}/lock"
+
+    @property
+    def lock_info(self) -> str:
+        return f"{self.lock}/{LOCK_INFO}"
+
+    @property
+    def maintenance_flag(self) -> str:
+        return f"{self.state}/maintenance"
+
+    # --- nginx
+    @property
+    def nginx_dir(self) -> str:
+        return f"{self.root}/nginx"
+
+    def rendered_site(self, release: str | None = None) -> str:
+        """The site as rendered for a release, or as last rendered by maintenance-on/off."""
+        return f"{self.release(release)}/nginx/site.conf" if release else f"{self.nginx_dir}/site.conf"
+
+    @property
+    def site_additions(self) -> str:
+        return f"{self.nginx_dir}/site.d"
+
+    @property
+    def site(self) -> str:
+        """The site file in the host nginx's include directory."""
+        return f"{self.site_dir}/{self.app}.conf"
+
+    @property
+    def previous_site(self) -> str:
+        return f"{self.site_dir}/.{self.app}.conf.previous"

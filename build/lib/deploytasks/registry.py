@@ -1,0 +1,83 @@
+"""Does the registry have the image for this SHA? Asked before anything on a host changes.
+
+Speaks the registry HTTP API (a HEAD on the manifest), with the bearer-token dance that
+GHCR, Docker Hub and most hosted registries require; credentials come from the process
+environment (REGISTRY_USER, REGISTRY_PASSWORD), never from an env file.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+
+import requests
+
+from .errors import ConfigError
+
+ACCEPT = ", ".join([
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+TIMEOUT = 10
+DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+
+
+def split(image: str) -> tuple[str, str]:
+    """'ghcr.io/org/web' -> ('ghcr.io', 'org/web'); 'redis' -> Docker Hub's 'library/redis'."""
+    first, _, rest = image.partition("/")
+    if rest and first in DOCKER_HUB_ALIASES:
+        image = rest
+    elif rest and ("." in first or ":" in first or first == "localhost"):
+        return first, rest
+    return "registry-1.docker.io", image if "/" in image else f"library/{image}"
+
+
+def base_url(registry: str) -> str:
+    """Docker's own rule: plain HTTP only for registries on the loopback interface."""
+    host = registry.split("]")[0].lstrip("[") if registry.startswith("[") else registry.rsplit(":", 1)[0]
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    return f"{'http' if loopback else 'https'}://{registry}"
+
+
+def exists(image: str, tag: str, session: requests.Session | None = None) -> bool:
+    registry, repository = split(image)
+    http = session or requests.Session()
+    url = f"{base_url(registry)}/v2/{repository}/manifests/{tag}"
+    auth = _basic_auth()
+    try:
+        response = http.head(url, headers={"Accept": ACCEPT}, auth=auth, timeout=TIMEOUT)
+        if response.status_code == 401 and "bearer" in response.headers.get("WWW-Authenticate", "").lower():
+            token = _token(http, response.headers["WWW-Authenticate"], auth)
+            response = http.head(url, headers={"Accept": ACCEPT, "Authorization": f"Bearer {token}"}, timeout=TIMEOUT)
+    except requests.RequestException as exc:
+        raise ConfigError(f"registry {registry} unreachable: {exc.__class__.__name__}: {str(exc)[:160]}") from None
+    if response.status_code in (401, 403):
+        raise ConfigError(f"registry {registry} refused access to {repository} (HTTP {response.status_code}): "
+                          "set REGISTRY_USER and REGISTRY_PASSWORD in the environment")
+    if response.status_code not in (200, 404):
+        raise ConfigError(f"registry {registry} answered HTTP {response.status_code} for {image}:{tag}")
+    return response.status_code == 200
+
+
+def missing(images: dict[str, str], tag: str) -> list[str]:
+    with requests.Session() as session:
+        return [f"{image}:{tag}" for image in images.values() if not exists(image, tag, session)]
+
+
+def _basic_auth():
+    user, password = os.environ.get("REGISTRY_USER"), os.environ.get("REGISTRY_PASSWORD")
+    return (user, password) if user and password else None
+
+
+def _token(http: requests.Session, challenge: str, auth) -> str:
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    realm = params.pop("realm", "")
+    response = http.get(realm, params=params, auth=auth, timeout=TIMEOUT)
+    response.raise_for_status()
+    body = response.json()
+    return body.get("token") or body.get("access_token", "")

@@ -1,0 +1,50 @@
+"""Everything printed goes through here: one prefix per host, secret values masked."""
+from __future__ import annotations
+
+import sys
+import threading
+
+MASK = "********"
+_lock = threading.Lock()
+
+
+class Console:
+    def __init__(self, host: str = "", secrets: list[str] | None = None, stream=None):
+        self.prefix = f"[{host}] " if host else ""
+        self.secrets = sorted((s for s in (secrets or []) if len(s) >= 3), key=len, reverse=True)
+        self.stream = stream
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+    def __call__(self, text: str = "") -> None:
+        stream = self.stream or sys.stdout
+        with _lock:
+            for line in (text.splitlines() or [""]):
+                stream.write(f"{self.prefix}{self.mask(line)}\n")
+            stream.flush()
+
+    def writer(self, indent: str = "    ") -> "LineWriter":
+        return LineWriter(self, indent)
+
+
+class LineWriter:
+    """A file-like sink for a remote command's live output, printed line by line."""
+
+    def __init__(self, console: Console, indent: str):
+        self.console, self.indent, self.buffer = console, indent, ""
+
+    def write(self, data: str) -> int:
+        self.buffer += data.replace("\r", "\n")
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            if line.strip():
+                self.console(self.indent + line)
+        return len(data)
+
+    def flush(self) -> None:
+        if self.buffer.strip():
+            self.console(self.indent + self.buffer)
+        self.buffer = ""

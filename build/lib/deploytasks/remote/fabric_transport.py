@@ -1,0 +1,50 @@
+"""The Transport over an open Fabric connection: commands over SSH, files over SFTP.
+
+Whatever Fabric, paramiko or the socket raise when the connection or a channel breaks becomes
+a TransportError here, so nothing above this module catches library exceptions.
+"""
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+
+import invoke
+import paramiko
+from fabric import Connection
+
+from .transport import Result, Sink, TransportError
+
+# what a dropped connection, a refused SFTP or a broken channel raises under Fabric
+_BROKEN = (OSError, EOFError, paramiko.SSHException, invoke.exceptions.Failure)
+
+
+@contextmanager
+def _as_transport_error(what: str = ""):
+    try:
+        yield
+    except _BROKEN as exc:
+        raise TransportError(f"{what}{type(exc).__name__}: {exc}") from exc
+
+
+class FabricTransport:
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.host: str = conn.host
+
+    def run(self, command: str, *, out: Sink | None = None, err: Sink | None = None) -> Result:
+        # hide=True hides only the streams not given a sink: invoke shows output sent to out/err_stream
+        with _as_transport_error():
+            result = self.conn.run(command, warn=True, hide=True, in_stream=False, out_stream=out, err_stream=err)
+        return Result(result.exited, result.stdout, result.stderr)
+
+    def put(self, path: str, content: bytes, mode: int) -> None:
+        staged = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with _as_transport_error(f"cannot write {path}: "):
+            sftp = self.conn.sftp()
+            with sftp.open(staged, "wb") as handle:
+                handle.chmod(mode)
+                handle.write(content)
+            sftp.posix_rename(staged, path)
+
+    def close(self) -> None:
+        self.conn.close()

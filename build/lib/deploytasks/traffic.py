@@ -1,0 +1,90 @@
+"""Moving traffic between colours: readiness gate, switch, check through nginx, drain.
+
+Shared by container and process releases: both put the new colour's web server on its own
+unix socket, and both switch by swapping the live symlink nginx connects through.
+"""
+from __future__ import annotations
+
+from . import nginx, phases
+from .config import Config
+from .errors import DeployError
+from .facts import HostState, release_sha
+from .layout import Layout, other
+from .plan import Cmd, Poll, Step, Wait, cmd, sh
+
+# After the swap no new connection reaches the old colour, but ones nginx opened an instant
+# before may still sit in its accept queue; give the old workers time to take them.
+SETTLE_SECONDS = 1.0
+
+
+_POINT_LINKS = r"""
+while [ "$#" -gt 1 ]; do
+    if [ -n "$1" ]; then ln -sfn "$1" "$2.new" && mv -fT "$2.new" "$2"; else rm -f "$2"; fi || exit 1
+    shift 2
+done
+"""
+
+
+def point_links(*links: tuple[str | None, str]) -> Cmd:
+    """Point each link at its target (None: remove it), in order, in one round trip. Each is
+    replaced with rename(2): readers see the old target or the new one, never nothing."""
+    return cmd(*sh(_POINT_LINKS, *(value for target, link in links for value in (target or "", link))))
+
+
+def readiness(config: Config, colour: str, diagnose: tuple[Cmd, ...] = ()) -> Step:
+    layout = Layout.of(config)
+    probe = ("curl", "-fsS", "--max-time", "5", "--unix-socket", layout.socket(colour),
+             f"http://localhost{config.ready_path}")
+    return Step(phases.READY, (Poll(probe, config.health_timeout, config.health_interval),), diagnose=diagnose,
+                label=f"ready: {colour}")
+
+
+def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
+    """Send new connections to `colour`; undo puts back the live colour, the colour's old
+    release and `current` as the host had them."""
+    layout = Layout.of(config)
+    was = {"live": state.live, "colour": state.release_of(colour), "current": state.current}
+    return Step(
+        phases.SWITCH,
+        # what the colour runs first: a crash after it leaves the host truthful, not switched
+        (point_links((layout.colour_target(release), layout.colour_link(colour)),
+                     (layout.live_target(colour), layout.live_socket),
+                     (layout.current_target(release), layout.current)),),
+        undo=(point_links((was["live"] and layout.live_target(was["live"]), layout.live_socket),
+                          (was["colour"] and layout.colour_target(was["colour"]), layout.colour_link(colour)),
+                          (was["current"] and layout.current_target(was["current"]), layout.current)),),
+        label=f"switch to {colour}",
+    )
+
+
+def verify(config: Config, sha: str) -> Step:
+    """The new SHA answers through the host's nginx, as users reach it."""
+    return Step(phases.VERIFY, (Poll(nginx.probe(config, config.version_path, "-fsS"),
+                                     min(config.health_timeout, 30), config.health_interval, expect=sha),),
+                label="check through nginx")
+
+
+def drain(colour: str, stop: tuple[Cmd, ...]) -> Step:
+    """Let the old colour finish what it has, then stop it (kept for an instant rollback)."""
+    return Step(phases.DRAIN, (Wait(SETTLE_SECONDS, "let the old colour accept what nginx already sent it"), *stop),
+                best_effort=True, label=f"drain {colour}")
+
+
+def switch_over(config: Config, state: HostState, colour: str, release: str, sha: str,
+                stop_old: tuple[Cmd, ...]) -> list[Step]:
+    """Switch, check through nginx, then drain the colour that served before (if any)."""
+    steps = [switch(config, state, colour, release), verify(config, sha)]
+    if state.live and stop_old:
+        steps.append(drain(state.live, stop_old))
+    return steps
+
+
+def rollback_target(state: HostState) -> tuple[str, str, str]:
+    """The colour that served before, its release and SHA: what `rollback` returns to."""
+    if not state.live:
+        raise DeployError("nothing is deployed on this host: nothing to roll back")
+    colour = other(state.live)
+    release = state.release_of(colour)
+    if not release or release not in state.releases:
+        raise DeployError(f"no previous release on the {colour} side to roll back to; use rollback --to SHA")
+    return colour, release, release_sha(release)
