@@ -1,6 +1,6 @@
 """Maintenance mode: nginx answers 503 + Retry-After with the maintenance page.
 
-The mode is a flag file the site checks on every request (see nginx/site.conf.template), so
+The mode is a flag file the site checks on every request (see templates/site.conf.template), so
 turning it on or off is a `touch` or an `rm`: no reload, no connection dropped, idempotent.
 Health endpoints and MAINTENANCE_ALLOW addresses always reach the app.
 """
