@@ -187,10 +187,10 @@ def run(root: Path, out: str | None = None, scenarios: list[Scenario] | None = N
 
 def _state(target: operations.Target) -> HostState:
     with operations.session(target, target.hosts[0]) as remote:
-        return operations.read_state(remote, Layout.of(target.config))
+        return operations.read_state(remote, target.config)
 
 
 def _on_live(target: operations.Target, act: Callable[[Remote, HostState], None]) -> None:
     with operations.session(target, target.hosts[0]) as remote:
-        act(remote, operations.read_state(remote, Layout.of(target.config)))
+        act(remote, operations.read_state(remote, target.config))
 

@@ -164,8 +164,9 @@ def test_a_failing_undo_is_reported_and_the_remaining_undos_still_run(host):
     with pytest.raises(StepFailed) as failed:
         execute(host.remote, plan(Step("prepare", (a,), undo=(undo_a,), label="a"), Step("upload", (b,), undo=(undo_b1, undo_b2), label="b"),
                                   Step("pull", (c,), label="c")))
-    assert host.transport.commands == lines(a, b, c, undo_b1, undo_b2, undo_a)
+    assert host.transport.commands == lines(a, b, c, undo_b1, undo_b1, undo_b2, undo_a), "retried once, then on"
     assert f"[web1]    ! undo `undo b1` failed: cannot remove {MASK}" in host.printed()
+    assert failed.value.undone, "no barrier failed: the old version is back"
     assert str(failed.value) == "web1: `do c` failed (exit 1)" and failed.value.completed == ["prepare", "upload"]
 
 
@@ -273,3 +274,64 @@ def test_a_poll_that_never_succeeds_shows_the_tail_of_its_output(host):
     with pytest.raises(StepFailed) as failed:
         execute(host.remote, plan(Step("ready", (poll,))))
     assert str(failed.value) == f"web1: not ready after 5s:\n  - curl: (22) 503 {MASK}"
+
+
+# --- undo that knows what serves ---------------------------------------------------------------------
+
+def test_a_switch_that_cannot_be_undone_keeps_what_serves(host):
+    """The switch's undo fails: removing the new colour would leave nginx pointing at nothing."""
+    start, switch, verify = cmd("compose", "up", "green"), cmd("links", "green"), cmd("curl", "version")
+    remove, back = cmd("compose", "rm", "green"), cmd("links", "blue")
+    host.transport.answer("curl version", exited=1).answer("links blue", exited=1, stderr="mv: cannot move\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("start", (start,), undo=(remove,)),
+                                  Step("switch", (switch,), undo=(back,), barrier=True), Step("verify", (verify,))))
+    assert host.transport.commands == lines(start, switch, verify, back, back), "the new colour is never removed"
+    assert not failed.value.undone and executor.UNDO_BLOCKED in failed.value.details
+    assert "[web1]    ! switch could not be undone: the undos before it are skipped" in host.printed()
+
+
+def test_a_barrier_undone_lets_the_older_undos_run(host):
+    start, switch, verify = cmd("compose", "up", "green"), cmd("links", "green"), cmd("curl", "version")
+    remove, back = cmd("compose", "rm", "green"), cmd("links", "blue")
+    host.transport.answer("curl version", exited=1)
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("start", (start,), undo=(remove,)),
+                                  Step("switch", (switch,), undo=(back,), barrier=True), Step("verify", (verify,))))
+    assert host.transport.commands == lines(start, switch, verify, back, remove) and failed.value.undone
+
+
+def test_undo_after_a_dropped_connection_runs_on_a_fresh_one():
+    broken, fresh, interrupt, out = MemoryTransport("web1"), MemoryTransport("web1"), Interrupt(), io.StringIO()
+    remote = Remote(broken, Console("web1", stream=out), interrupt, reopen=lambda: fresh)
+    start, switch = cmd("compose", "up", "green"), cmd("links", "green")
+    remove, back = cmd("compose", "rm", "green"), cmd("links", "blue")
+    broken.drop(lambda command: command == "curl version", stays=True)
+    with pytest.raises(StepFailed) as failed:
+        execute(remote, plan(Step("start", (start,), undo=(remove,)),
+                             Step("switch", (switch,), undo=(back,), barrier=True), Step("verify", (cmd("curl", "version"),))))
+    assert fresh.commands == lines(back, remove) and failed.value.undone
+    assert remote.transport is fresh and "[web1]    reconnected" in out.getvalue().splitlines()
+
+
+def test_undo_when_no_connection_can_be_had_stops_at_the_barrier():
+    broken, interrupt, out = MemoryTransport("web1"), Interrupt(), io.StringIO()
+
+    def unreachable():
+        raise TransportError("host unreachable")
+
+    remote = Remote(broken, Console("web1", stream=out), interrupt, reopen=unreachable)
+    broken.drop(lambda command: command == "curl version", stays=True)
+    with pytest.raises(StepFailed) as failed:
+        execute(remote, plan(Step("start", (cmd("up"),), undo=(cmd("rm"),)),
+                             Step("switch", (cmd("links", "green"),), undo=(cmd("links", "blue"),), barrier=True),
+                             Step("verify", (cmd("curl", "version"),))))
+    assert not failed.value.undone
+    assert broken.commands.count("rm") == 0 and "cannot reconnect: host unreachable" in out.getvalue()
+
+
+def test_on_step_runs_before_each_step(host):
+    seen = []
+    execute(host.remote, plan(Step("prepare", (cmd("a"),)), Step("cleanup", (cmd("b"),), best_effort=True)),
+            on_step=lambda step: seen.append((step.phase, list(host.transport.commands))))
+    assert seen == [("prepare", []), ("cleanup", ["a"])]

@@ -97,7 +97,7 @@ def test_read_command_passes_paths_as_arguments():
     assert argv[:3] == ("sh", "-c", facts._SCRIPT) and argv[3:] == (
         "sh", layout.colour_link("blue"), layout.colour_link("green"), layout.live_socket, layout.current,
         layout.maintenance_flag, layout.releases, layout.lock, layout.lock_info, layout.history,
-        layout.pidfile("blue"), layout.pidfile("green"))
+        layout.pidfile("blue"), layout.pidfile("green"), layout.in_progress, "", "localhost")
 
 
 SCRIPTS = {

@@ -103,7 +103,7 @@ def test_window_on_step_lifts_only_if_the_old_colour_is_ready(local_config):
     assert step.name == "maintenance on" and step.actions == maintenance.on_step(local_config).actions
     (undo,) = step.undo
     assert undo.argv[:3] == ("sh", "-c", maintenance._LIFT_IF_READY)
-    assert undo.argv[3:] == ("sh", FLAG, f"{ROOT}/run/blue/web.sock", "http://localhost/readyz")
+    assert undo.argv[3:] == ("sh", FLAG, f"{ROOT}/run/blue/web.sock", "http://localhost/readyz", "localhost")
 
 
 def test_window_on_step_without_an_old_colour_just_lifts(local_config):
@@ -141,7 +141,7 @@ def lift(tmp_path, local_config):
 def test_lift_when_the_old_colour_answers_ready(lift):
     out, calls, flag = lift(0)
     assert out.returncode == 0 and not flag
-    assert calls == [f"curl -fsS --max-time 2 --unix-socket {lift.socket} http://localhost/readyz"]
+    assert calls == [f"curl -fsS --max-time 2 --unix-socket {lift.socket} -H Host: localhost http://localhost/readyz"]
 
 
 @linux_sh

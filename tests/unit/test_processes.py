@@ -366,8 +366,8 @@ def test_second_deploy_starts_green_and_drains_blue(process_config, blue_live_st
     check = _step(plan, "check through nginx").actions[0]
     assert check.expect == SHA_NEW and "http://127.0.0.1:8081/version" in check.argv
     ready = _step(plan, "ready: green").actions[0]
-    assert isinstance(ready, Poll) and ready.argv[-3:] == ("--unix-socket", f"{ROOT}/run/green/web.sock",
-                                                             "http://localhost/readyz")
+    assert isinstance(ready, Poll) and ready.argv[-5:] == ("--unix-socket", f"{ROOT}/run/green/web.sock",
+                                                             "-H", "Host: localhost", "http://localhost/readyz")
 
 
 def test_deploy_step_details(process_config, first_state):
