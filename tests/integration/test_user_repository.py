@@ -38,8 +38,14 @@ with open(os.path.join(HERE, "RELEASE")) as f:
     RELEASE = f.read().strip()
 
 
+ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "").split(",")
+
+
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
+    if environ.get("HTTP_HOST", "").split(":")[0] not in ALLOWED_HOSTS:  # as Django checks Host
+        start_response("400 Bad Request", [("Content-Type", "text/plain"), ("Content-Length", "12")])
+        return [b"bad host!!!\n"]
     if path in ("/healthz", "/readyz"):
         body = b"ok"
     elif path == "/version":
@@ -62,6 +68,8 @@ services:
     image: {IMAGE}:${{DEPLOY_SHA:-latest}}
     ports:
       - "9000:8000"
+    environment:
+      ALLOWED_HOSTS: shop.test
     restart: unless-stopped
   cache:
     image: {testbed.BASE_IMAGE_PUSHED}
@@ -84,7 +92,7 @@ TESTBED_VALUES = {
     "NGINX_CONF": str(testbed.NGINX_CONF),
     "NGINX_SITE_DIR": str(testbed.NGINX_SITE_DIR),
     "NGINX_LISTEN": str(PORT),
-    "SERVER_NAME": "_",
+    "SERVER_NAME": "shop.test",  # the app answers 400 to any other Host: every probe must send it
     "IMAGE_API": IMAGE,
     "HEALTH_TIMEOUT": "60",
     "HEALTH_INTERVAL": "0.5",
@@ -141,8 +149,13 @@ def user_repo(tmp_path_factory, installed):
     return repo
 
 
+SITE = {"Host": "shop.test"}
+
+
 def served() -> str:
-    return requests.get(f"{PUBLIC}/version", timeout=5).text.strip()
+    response = requests.get(f"{PUBLIC}/version", headers=SITE, timeout=5)
+    assert response.status_code == 200, response.text
+    return response.text.strip()
 
 
 def test_installed_wheel_inits_a_new_repository_and_deploys_it(installed, user_repo):
@@ -180,11 +193,12 @@ def test_installed_wheel_inits_a_new_repository_and_deploys_it(installed, user_r
     try:
         deployed = ok([inv, "deploy", "--env", "staging", "--sha", first], user_repo)
         assert f"serves {first}" in deployed
-        assert served() == first and requests.get(PUBLIC, timeout=5).json() == {"shop": "v1"}
+        assert served() == first and requests.get(PUBLIC, headers=SITE, timeout=5).json() == {"shop": "v1"}
+        assert requests.get(PUBLIC, headers={"Host": "other.test"}, timeout=5).status_code == 400, "the app checks Host"
         cache_started = ok(["docker", "inspect", "-f", "{{.State.StartedAt}}", "shop-cache-1"], user_repo)
 
         ok([fab, "-H", "127.0.0.1", "deploy", f"--sha={second}"], user_repo)
-        assert served() == second and requests.get(PUBLIC, timeout=5).json() == {"shop": "v2"}
+        assert served() == second and requests.get(PUBLIC, headers=SITE, timeout=5).json() == {"shop": "v2"}
 
         ok([inv, "rollback", "--env", "staging"], user_repo)
         assert served() == first
