@@ -141,3 +141,23 @@ def test_the_switch_ignores_a_leftover_temporary_link(tmp_path):
     subprocess.run(traffic.point_links(("green/web.sock", str(link))).argv, check=True)
     assert os.readlink(link) == "green/web.sock"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blue", "green", "web.sock", "web.sock.new", "web.sock.new.1"]
+
+
+# --- values in the overlay stay strings for compose's YAML 1.2 ----------------------------------------
+
+@pytest.mark.parametrize("sha", ["1e51234", "1234567", "0123456", "1e5123a", "abcdef0"])
+def test_overlay_values_are_strings_to_yaml_1_2(local_config, sha):
+    import re
+
+    import yaml
+
+    from deploytasks.backends import compose
+
+    text = compose.overlay(local_config, compose.model(local_config), Layout.of(local_config), "/srv/r", sha, "green")
+    loader = type("Loader", (yaml.SafeLoader,), {})
+    loader.add_constructor("!reset", lambda loader, node: [])
+    web = yaml.load(text, Loader=loader)["services"]["web"]
+    assert web["environment"]["DEPLOY_SHA"] == sha and web["labels"]["deploytasks.sha"] == sha
+    line = next(line for line in text.splitlines() if "DEPLOY_SHA" in line)
+    if re.fullmatch(r"[0-9]+(e[0-9]+)?", sha):
+        assert f'"{sha}"' in line or f"'{sha}'" in line, line  # what YAML 1.2 would read as a number is quoted
