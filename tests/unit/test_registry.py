@@ -163,3 +163,33 @@ def test_unreachable_registry_is_a_config_error():
         port = s.getsockname()[1]
     with pytest.raises(ConfigError, match=rf"registry 127.0.0.1:{port} unreachable"):
         registry.exists(f"127.0.0.1:{port}/example/web", "good")
+
+
+def test_credentials_go_only_to_the_registry_they_are_for(local_registry, monkeypatch):
+    host, seen = local_registry
+    monkeypatch.setenv("REGISTRY_USER", "ci")
+    monkeypatch.setenv("REGISTRY_PASSWORD", "pw")
+    monkeypatch.setenv("REGISTRY_HOST", "ghcr.io")
+    seen.clear()
+    assert registry.exists(f"{host}/example/web", "good")
+    assert "Authorization" not in seen[0][2], "this registry is not the one the credentials are for"
+    monkeypatch.setenv("REGISTRY_HOST", host)
+    seen.clear()
+    assert registry.exists(f"{host}/private/web", "good")
+    token_request = next(headers for method, path, headers in seen if path.startswith("/token"))
+    assert token_request.get("Authorization", "").startswith("Basic "), "its own loopback realm gets them"
+
+
+def test_a_plain_http_realm_elsewhere_never_gets_the_credentials():
+    assert registry._may_receive("https://auth.docker.io/token", "registry-1.docker.io")
+    assert not registry._may_receive("http://evil.example.com/token", "registry.example.com")
+    assert not registry._may_receive("http://127.0.0.1:9/token", "127.0.0.1:5000")
+    assert registry._may_receive("http://127.0.0.1:5000/token", "127.0.0.1:5000")
+
+
+def test_credentials_with_images_from_several_registries_need_registry_host(monkeypatch):
+    monkeypatch.setenv("REGISTRY_USER", "ci")
+    monkeypatch.setenv("REGISTRY_PASSWORD", "pw")
+    monkeypatch.delenv("REGISTRY_HOST", raising=False)
+    with pytest.raises(ConfigError, match="set REGISTRY_HOST"):
+        registry.missing({"web": "ghcr.io/org/web", "api": "registry.example.com/api"}, "abc1234")
