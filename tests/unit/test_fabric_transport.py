@@ -41,6 +41,18 @@ class FakeSFTP:
     def posix_rename(self, old, new):
         self.calls.append(("rename", old, new))
 
+    def mkdir(self, path, mode=0o777):
+        if self.error:
+            raise self.error
+        self.calls.append(("mkdir", path, mode))
+
+    def remove(self, path):
+        self.calls.append(("remove", path))
+        raise FileNotFoundError(path)  # the rename moved it
+
+    def rmdir(self, path):
+        self.calls.append(("rmdir", path))
+
 
 class FakeConnection:
     host = "web1"
@@ -82,10 +94,13 @@ def test_what_fabric_raises_when_the_connection_breaks_is_a_transport_error(erro
 def test_put_sets_the_mode_before_any_byte_lands_then_renames():
     conn = FakeConnection()
     FabricTransport(conn).put("/srv/app/app.env", b"KEY=value\n", 0o600)
-    staged = conn.calls[0][1]
-    assert re.fullmatch(r"/srv/app/app\.env\.tmp-[0-9a-f]{8}", staged)
-    assert conn.calls == [("open", staged, "wb"), ("chmod", 0o600), ("write", b"KEY=value\n"), ("close",),
-                          ("rename", staged, "/srv/app/app.env")]
+    private = conn.calls[0][1]
+    assert re.fullmatch(r"/srv/app/\.deploytasks-put-[0-9a-f]{8}", private)
+    staged = f"{private}/app.env"
+    # created inside a directory only its owner can enter, so no one can open it before the chmod
+    assert conn.calls == [("mkdir", private, 0o700), ("open", staged, "wb"), ("chmod", 0o600),
+                          ("write", b"KEY=value\n"), ("close",), ("rename", staged, "/srv/app/app.env"),
+                          ("remove", staged), ("rmdir", private)]
 
 
 def test_a_refused_write_is_a_transport_error_naming_the_file():
