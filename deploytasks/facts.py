@@ -18,6 +18,8 @@ printf 'now %s\n' "$(date +%s)"
 printf 'colour blue %s\n' "$(readlink "$blue" 2>/dev/null)"
 printf 'colour green %s\n' "$(readlink "$green" 2>/dev/null)"
 printf 'live %s\n' "$(readlink "$live" 2>/dev/null)"
+# a live link of another name: the site still routes through it (WEB_SERVICE changed since)
+for l in "$(dirname "$live")"/*.sock; do [ -L "$l" ] && [ "$l" != "$live" ] && printf 'other-live %s\n' "$(readlink "$l")"; done
 printf 'current %s\n' "$(readlink "$current" 2>/dev/null)"
 [ -e "$flag" ] && echo 'maintenance on'
 for r in "$releases"/*/; do [ -d "$r" ] && printf 'release %s\n' "$(basename "$r")"; done
@@ -59,6 +61,7 @@ class HostState:
     now: int = 0
     colours: dict[str, str] = field(default_factory=dict)  # colour -> release name it runs
     live: str | None = None  # colour nginx sends traffic to
+    live_elsewhere: bool = False  # found through a live link of another name (WEB_SERVICE changed)
     current: str | None = None  # release name `current` points at
     releases: tuple[str, ...] = ()
     maintenance: bool = False
@@ -107,6 +110,10 @@ def parse(output: str) -> HostState:
         elif key == "live" and value:
             colour = value.split("/", 1)[0]
             fields["live"] = colour if colour in COLOURS else None
+        elif key == "other-live" and value and "live" not in fields:
+            colour = value.split("/", 1)[0]
+            if colour in COLOURS:
+                fields["live"], fields["live_elsewhere"] = colour, True
         elif key == "current" and value:
             fields["current"] = value.rstrip("/").rsplit("/", 1)[-1]
         elif key == "maintenance":

@@ -8,7 +8,7 @@ import pytest
 from conftest import container_deploy, container_rollback, REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, links, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
-from deploytasks import releases
+from deploytasks import facts, releases
 from deploytasks.backends import containers
 from deploytasks.errors import DeployError
 from deploytasks.facts import HostState
@@ -57,8 +57,9 @@ def test_first_deploy_starts_blue_without_drain(local_config, first_state):
     plan = container_deploy(local_config, first_state, SHA_NEW, REL_NEW)
     assert plan.kind == "deploy" and plan.sha == SHA_NEW
     assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None, "window": False}
-    assert _names(plan) == ["prepare", "upload release", "pull images", "networks", "stateful services", "nginx site",
-                            "migrate", "start blue", "ready: blue", "switch to blue", "check through nginx",
+    # nothing to route to before the switch: the site is installed right after it (no 502 window)
+    assert _names(plan) == ["prepare", "upload release", "pull images", "networks", "stateful services",
+                            "migrate", "start blue", "ready: blue", "switch to blue", "nginx site", "check through nginx",
                             "cleanup (0 old release(s))"]
     assert not any(s.name.startswith("drain") for s in plan.steps)
     switch = _step(plan, "switch to blue")
@@ -399,3 +400,18 @@ def test_deploy_and_rollback_plans_run_the_phases_in_their_fixed_order(local_con
                            "stop-old", "migrate", "ready", "switch", "maintenance-off", "verify", "cleanup"]
         else:
             assert ids == expected, plan.kind
+
+
+def test_a_changed_web_service_keeps_the_live_colour_and_installs_the_site_after_the_switch(local_config):
+    """Served through run/web.sock, now WEB_SERVICE=api: the colour serving is still green (found
+    through the old link), the new release goes to blue, and the site, whose upstream is the new
+    run/api.sock link, is installed only once that link exists."""
+    out = "\n".join([f"colour blue {REL_OLD}", f"colour green ../releases/{REL_NEW}", "live ",
+                     "other-live green/web.sock", f"release {REL_OLD}", f"release {REL_NEW}"])
+    state = facts.parse(out)
+    assert state.live == "green" and state.live_elsewhere
+    plan = container_deploy(local_config, state, "ccccccc", "20240103T000000Z-ccccccc")
+    names = _names(plan)
+    assert plan.summary["colour"] == "blue"
+    assert names.index("nginx site") == names.index("switch to blue") + 1
+    assert "drain green" in names
