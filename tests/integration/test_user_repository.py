@@ -45,7 +45,7 @@ def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
     if environ.get("HTTP_HOST", "").split(":")[0] not in ALLOWED_HOSTS:  # as Django checks Host
         start_response("400 Bad Request", [("Content-Type", "text/plain"), ("Content-Length", "12")])
-        return [b"bad host!!!\n"]
+        return [b"bad host!!!\\n"]
     if path in ("/healthz", "/readyz"):
         body = b"ok"
     elif path == "/version":

@@ -25,8 +25,11 @@ def deploy(config: Config, state: HostState, backend: Backend, sha: str, release
     live = state.live
     new = backend.colour(state, other(live), release)
     old = backend.colour(state, live, state.release_of(live)) if live and state.release_of(live) else None
-    steps = [prepare_step(layout, release), *backend.stage(state, new),
-             nginx.install_step(config, layout.rendered_site(release))]
+    site = nginx.install_step(config, layout.rendered_site(release))
+    # a site routes through the live link; one that does not exist yet (a first deploy, a changed
+    # DEPLOY_PATH or WEB_SERVICE) would answer 502 from the reload until the switch: install it after
+    site_after_switch = (not live or state.live_elsewhere) and not window
+    steps = [prepare_step(layout, release), *backend.stage(state, new), *([] if site_after_switch else [site])]
     migration = [new.migrate()] if migrate and config.migrate_command else []
     if window:
         # the new colour boots outside the window (ready only after the migration); a window the
@@ -39,8 +42,8 @@ def deploy(config: Config, state: HostState, backend: Backend, sha: str, release
         steps += [*migration, new.ready(), traffic.switch(config, state, new.colour, release),
                   *([maintenance.off_step(config)] if own_window else []), traffic.verify(config, sha)]
     else:
-        steps += [*migration, new.start(fresh=True), new.ready(),
-                  *traffic.switch_over(config, state, new.colour, release, sha, (old.stop(),) if old else ())]
+        switch, *after = traffic.switch_over(config, state, new.colour, release, sha, (old.stop(),) if old else ())
+        steps += [*migration, new.start(fresh=True), new.ready(), switch, *([site] if site_after_switch else []), *after]
     steps.append(_cleanup(config, state, backend, release))
     return Plan(kind, sha, tuple(steps), {"colour": new.colour, "release": release,
                                           "previous": release_sha(state.release_of(live)), "window": window})

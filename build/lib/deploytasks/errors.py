@@ -28,6 +28,7 @@ class StepFailed(DeployError):
     def __init__(self, message: str, details: list[str] | None = None):
         super().__init__(message, details)
         self.completed: list[str] = []
+        self.undone = True  # False: an undo the others depend on failed; the host needs a repair
 
 
 class LockHeld(DeployError):

@@ -13,11 +13,13 @@ from .plan import sh
 
 _SCRIPT = r"""
 blue=$1; green=$2; live=$3; current=$4; flag=$5; releases=$6; lock=$7; info=$8; history=$9
-bluepid=${10}; greenpid=${11}
+bluepid=${10}; greenpid=${11}; marker=${12}; health=${13}; site=${14}
 printf 'now %s\n' "$(date +%s)"
 printf 'colour blue %s\n' "$(readlink "$blue" 2>/dev/null)"
 printf 'colour green %s\n' "$(readlink "$green" 2>/dev/null)"
 printf 'live %s\n' "$(readlink "$live" 2>/dev/null)"
+# a live link of another name: the site still routes through it (WEB_SERVICE changed since)
+for l in "$(dirname "$live")"/*.sock; do [ -L "$l" ] && [ "$l" != "$live" ] && printf 'other-live %s\n' "$(readlink "$l")"; done
 printf 'current %s\n' "$(readlink "$current" 2>/dev/null)"
 [ -e "$flag" ] && echo 'maintenance on'
 for r in "$releases"/*/; do [ -d "$r" ] && printf 'release %s\n' "$(basename "$r")"; done
@@ -27,6 +29,12 @@ tail -n 200 "$history" 2>/dev/null | sed 's/^/history /'
 [ -d /run/systemd/system ] && echo 'systemd yes'
 p=$(cat "$bluepid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && printf 'process blue %s\n' "$p"
 p=$(cat "$greenpid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && printf 'process green %s\n' "$p"
+[ -f "$marker" ] && printf 'deploying %s\n' "$(tr -d '\n' < "$marker")"
+if [ -n "$health" ] && [ -L "$live" ]; then
+  # what nginx reaches: the live link's socket, asked for the health path with the site's name
+  if curl -fsS -o /dev/null --max-time 3 --unix-socket "$live" -H "Host: $site" "http://localhost$health" 2>/dev/null
+  then echo 'answers yes'; else echo 'answers no'; fi
+fi
 if command -v docker >/dev/null 2>&1; then
   docker ps -a --filter "label=com.docker.compose.project" \
     --format 'container {{.Label "com.docker.compose.project"}}	{{.Label "com.docker.compose.service"}}	{{.State}}	{{.Status}}	{{.Image}}' 2>/dev/null
@@ -53,6 +61,7 @@ class HostState:
     now: int = 0
     colours: dict[str, str] = field(default_factory=dict)  # colour -> release name it runs
     live: str | None = None  # colour nginx sends traffic to
+    live_elsewhere: bool = False  # found through a live link of another name (WEB_SERVICE changed)
     current: str | None = None  # release name `current` points at
     releases: tuple[str, ...] = ()
     maintenance: bool = False
@@ -61,6 +70,8 @@ class HostState:
     containers: tuple[Container, ...] = ()
     processes: dict[str, int] = field(default_factory=dict)  # colour -> gunicorn master pid, if alive
     systemd: bool = False
+    in_progress: dict | None = None  # the marker of a deploy under way, or one that died half way
+    live_answers: bool | None = None  # the live link's socket answered the health path (None: not asked)
 
     @property
     def deployed(self) -> bool:
@@ -73,11 +84,12 @@ class HostState:
         return [c for c in self.containers if c.project == project]
 
 
-def read_command(layout: Layout) -> tuple[str, ...]:
-    """Every path comes from the layout: the script itself names none."""
+def read_command(layout: Layout, health_path: str = "", site: str = "localhost") -> tuple[str, ...]:
+    """Every path comes from the layout: the script itself names none. With `health_path`, it
+    also asks the live colour's socket whether it answers (as nginx would reach it)."""
     return sh(_SCRIPT, layout.colour_link("blue"), layout.colour_link("green"), layout.live_socket, layout.current,
               layout.maintenance_flag, layout.releases, layout.lock, layout.lock_info, layout.history,
-              layout.pidfile("blue"), layout.pidfile("green"))
+              layout.pidfile("blue"), layout.pidfile("green"), layout.in_progress, health_path, site)
 
 
 def release_sha(release: str | None) -> str | None:
@@ -98,6 +110,10 @@ def parse(output: str) -> HostState:
         elif key == "live" and value:
             colour = value.split("/", 1)[0]
             fields["live"] = colour if colour in COLOURS else None
+        elif key == "other-live" and value and "live" not in fields:
+            colour = value.split("/", 1)[0]
+            if colour in COLOURS:
+                fields["live"], fields["live_elsewhere"] = colour, True
         elif key == "current" and value:
             fields["current"] = value.rstrip("/").rsplit("/", 1)[-1]
         elif key == "maintenance":
@@ -112,6 +128,10 @@ def parse(output: str) -> HostState:
                 fields["history"].append(entry)
         elif key == "systemd":
             fields["systemd"] = True
+        elif key == "deploying":
+            fields["in_progress"] = json_object(value) or {"raw": value}
+        elif key == "answers":
+            fields["live_answers"] = value == "yes"
         elif key == "process":
             colour, _, pid = value.partition(" ")
             if colour in COLOURS and pid.isdigit():

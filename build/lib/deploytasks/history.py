@@ -44,6 +44,11 @@ def served(history: tuple[dict, ...] | list[dict], sha: str) -> bool:
 
 
 def format_line(record: dict) -> str:
-    return (f"{record.get('time', '?'):20} {record.get('kind', '?'):9} {str(record.get('sha', '?'))[:12]:12} "
+    """One history line for `status`; a failure says where it stopped and why."""
+    line = (f"{record.get('time', '?'):20} {record.get('kind', '?'):9} {str(record.get('sha', '?'))[:12]:12} "
             f"{record.get('colour') or '-':5} {record.get('outcome', '?'):8} {record.get('duration_s', '?')}s "
             f"{record.get('user', '')}")
+    if record.get("outcome", "ok") != "ok":
+        after = record.get("failed_after") or []
+        line += f"\n      failed after {after[-1] if after else 'nothing'}: {record.get('reason', 'no reason recorded')}"
+    return line

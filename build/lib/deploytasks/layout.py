@@ -135,6 +135,11 @@ class Layout:
         return f"{self.lock}/{LOCK_INFO}"
 
     @property
+    def in_progress(self) -> str:
+        """Written when a plan starts, rewritten at each step, removed when it ends cleanly."""
+        return f"{self.state}/deploying"
+
+    @property
     def maintenance_flag(self) -> str:
         return f"{self.state}/maintenance"
 

@@ -1,6 +1,6 @@
 """Maintenance mode: nginx answers 503 + Retry-After with the maintenance page.
 
-The mode is a flag file the site checks on every request (see nginx/site.conf.template), so
+The mode is a flag file the site checks on every request (see templates/site.conf.template), so
 turning it on or off is a `touch` or an `rm`: no reload, no connection dropped, idempotent.
 Health endpoints and MAINTENANCE_ALLOW addresses always reach the app.
 """
@@ -19,9 +19,9 @@ STATUS = "503"
 # Undo of "maintenance on" during a maintenance deploy: lift the window only if the old
 # version answers ready again; otherwise visitors are better served by the maintenance page.
 _LIFT_IF_READY = r"""
-flag=$1; socket=$2; url=$3
+flag=$1; socket=$2; url=$3; site=$4
 for i in 1 2 3 4 5 6 7 8 9 10; do
-    if curl -fsS --max-time 2 --unix-socket "$socket" "$url" >/dev/null 2>&1; then rm -f "$flag"; exit 0; fi
+    if curl -fsS --max-time 2 --unix-socket "$socket" -H "Host: $site" "$url" >/dev/null 2>&1; then rm -f "$flag"; exit 0; fi
     sleep 1
 done
 echo "MAINTENANCE STAYS ON: the previous version is not ready either (the migration has already run)" >&2
@@ -50,7 +50,7 @@ def window_on_step(config: Config, old_colour: str | None) -> Step:
     """`on_step` for a maintenance deploy: its undo keeps the window open unless the old version is ready."""
     layout = Layout.of(config)
     undo = (cmd(*sh(_LIFT_IF_READY, layout.maintenance_flag, layout.socket(old_colour),
-                    f"http://localhost{config.ready_path}")),) if old_colour else on_step(config).undo
+                    f"http://localhost{config.ready_path}", nginx.probe_host(config))),) if old_colour else on_step(config).undo
     return dataclasses.replace(on_step(config), undo=undo)
 
 

@@ -72,7 +72,8 @@ _INSTALL = r"""
 new=$1; live=$2; previous=$3; conf=$4
 rm -f "$previous"
 cmp -s "$new" "$live" && { echo "site unchanged: no reload"; exit 0; }
-if [ -f "$live" ]; then cp -p "$live" "$previous" || exit 1; fi
+# a partial copy (a full disk) must never become "previous": undo would install it
+if [ -f "$live" ]; then cp -p "$live" "$previous.tmp" && mv -f "$previous.tmp" "$previous" || { rm -f "$previous.tmp"; exit 1; }; fi
 cp "$new" "$live.tmp" && mv -fT "$live.tmp" "$live" || exit 1
 restore() { if [ -f "$previous" ]; then mv -fT "$previous" "$live"; else rm -f "$live"; fi; }
 if ! out=$(nginx -t -c "$conf" 2>&1); then
@@ -92,6 +93,14 @@ mv -fT "$previous" "$live" && nginx -s reload -c "$conf" && echo "previous nginx
 """
 
 
+def install_argv(rendered: str, live: str, previous: str, conf: str) -> tuple[str, ...]:
+    return sh(_INSTALL, rendered, live, previous, conf)
+
+
+def restore_argv(live: str, previous: str, conf: str) -> tuple[str, ...]:
+    return sh(_RESTORE, live, previous, conf)
+
+
 def install_step(config: Config, rendered_path: str) -> Step:
     """Render the site to `rendered_path` and install it, unless the installed one is identical.
 
@@ -104,8 +113,8 @@ def install_step(config: Config, rendered_path: str) -> Step:
         (
             cmd("mkdir", "-p", layout.site_additions),
             Put(rendered_path, site(config).encode()),
-            cmd(*sh(_INSTALL, rendered_path, layout.site, layout.previous_site, config.nginx_conf)),
+            cmd(*install_argv(rendered_path, layout.site, layout.previous_site, config.nginx_conf)),
         ),
-        undo=(cmd(*sh(_RESTORE, layout.site, layout.previous_site, config.nginx_conf)),),
+        undo=(cmd(*restore_argv(layout.site, layout.previous_site, config.nginx_conf)),),
         label="nginx site",
     )

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import backends, deploys, history, lock, maintenance, phases, releases, shas
+from . import backends, deploys, history, lock, maintenance, nginx, phases, progress, releases, shas
 from .config import Config
 from .remote.connection import connect
 from .remote.console import Console
@@ -34,15 +34,20 @@ class Target:
 @contextmanager
 def session(target: Target, host: str, interrupt: Interrupt | None = None):
     console = Console(host, target.config.secrets())
-    remote = Remote(connect(target.config, host, accept_new_host_key=target.accept_new_host_key), console, interrupt)
+
+    def reopen():  # a fresh connection for undos after this one broke
+        return connect(target.config, host, accept_new_host_key=target.accept_new_host_key)
+
+    remote = Remote(reopen(), console, interrupt, reopen=reopen)
     try:
         yield remote
     finally:
         remote.close()
 
 
-def read_state(remote: Remote, layout: Layout) -> HostState:
-    return parse(remote.check(read_command(layout), "reading the host's state"))
+def read_state(remote: Remote, config: Config) -> HostState:
+    command = read_command(Layout.of(config), config.health_path, nginx.probe_host(config))
+    return parse(remote.check(command, "reading the host's state"))
 
 
 @contextmanager
@@ -121,14 +126,14 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
                 raise Interrupted(f"interrupted: stopped before {host}; done: {', '.join(serving) or 'no host'}")
             with session(target, host, interrupt) as remote:
                 if dry_run:
-                    plan = plan_for(read_state(remote, layout))
+                    plan = plan_for(read_state(remote, target.config))
                     remote.console(f"dry run: {plan.kind} {plan.sha} to {plan.summary.get('colour')}; "
                                    "nothing will be changed")
                     for line in plan.describe():
                         remote.console(line)
                     continue
                 with locked(remote, layout, kind, sha, force_unlock) as owner:
-                    state = read_state(remote, layout)
+                    state = read_state(remote, target.config)
                     if kind == "rollback" and sha and not history.served(state.history, sha):
                         raise DeployError(f"{host}: {sha} never served here (not in the history as a successful "
                                           "deploy); use deploy --sha to ship it")
@@ -144,12 +149,20 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
     colour = plan.summary.get("colour")
     if plan.sha:
         remote.console(f"{plan.kind} {plan.sha} -> {colour} (was {plan.summary.get('previous') or 'nothing'})")
+    def mark(step) -> None:  # one small write per step: a crash leaves the step it died in
+        remote.run(progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner, step.phase, started)))
+
     try:
-        outcome = execute(remote, plan)
+        outcome = execute(remote, plan, on_step=mark)
     except StepFailed as failure:
         try:  # best effort: the connection may be what failed
-            remote.run(history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, owner, "failed",
-                                                                 started, [], failed_after=failure.completed)))
+            reason = remote.console.mask(str(failure).splitlines()[0])[:300]
+            remote.run(history.append_argv(layout, history.entry(
+                plan.kind, plan.sha, colour, owner, "failed" if failure.undone else "failed, not undone", started, [],
+                failed_after=failure.completed, reason=reason)))
+            remote.run(progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner,
+                                                                  progress.UNDO_FAILED, started))
+                       if not failure.undone else progress.clear_argv(layout))
         except TransportError:
             remote.console("! could not record the failure in the host's history")
         if plan.summary.get("window") and phases.MIGRATE in failure.completed:
@@ -160,6 +173,7 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
     record = history.entry(plan.kind, plan.sha, colour, owner, "ok", started, outcome.steps,
                            warnings=outcome.warnings, **({"window_s": window} if window is not None else {}))
     remote.run(history.append_argv(layout, record))
+    remote.run(progress.clear_argv(layout))
     if window is not None:
         remote.console(f"maintenance window: {window:.2f}s")
     remote.console(f"done: {plan.sha} serves from {colour} ({record['duration_s']}s)" if plan.sha
@@ -169,13 +183,14 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
 
 def status(target: Target) -> None:
     """Every host's state; a host that cannot be read is reported and the others still shown."""
-    layout = Layout.of(target.config)
-    unreachable = []
+    unreachable, broken = [], []
     for host in target.hosts:
         try:
             with session(target, host) as remote:
-                for line in describe_state(target.config, read_state(remote, layout)):
+                state = read_state(remote, target.config)
+                for line in describe_state(target.config, state):
                     remote.console(line)
+                broken += [f"{host}: {problem}" for problem in problems(target.config, state)]
         except ConnectError as error:
             if len(target.hosts) == 1:
                 raise
@@ -183,6 +198,19 @@ def status(target: Target) -> None:
             unreachable.append(host)
     if unreachable:
         raise ConnectError(f"{len(unreachable)} of {len(target.hosts)} host(s) could not be read", unreachable)
+    if broken:
+        raise DeployError("the host needs attention" if len(broken) == 1 else "hosts need attention", broken)
+
+
+def problems(config: Config, state: HostState) -> list[str]:
+    """What makes `status` exit non-zero: visitors get errors now, or a deploy stopped half way."""
+    found = []
+    if state.deployed and state.live_answers is False:
+        found.append(f"the live colour ({state.live}) does not answer {config.health_path} on its socket: "
+                     "nginx answers 502; `rollback` or a deploy repairs it")
+    if state.in_progress and progress.left_behind(state.in_progress, state.lock):
+        found.append(progress.describe(state.in_progress, state.lock, state.now or time.time()))
+    return found
 
 
 def describe_state(config: Config, state: HostState) -> list[str]:
@@ -193,11 +221,16 @@ def describe_state(config: Config, state: HostState) -> list[str]:
         live_release = state.release_of(state.live)
         lines.append(f"{config.app_name} ({config.env}): {release_sha(live_release)} serving from {state.live}"
                      f" (release {live_release})")
+        if state.live_answers is False:
+            lines.append(f"!! the live colour does not answer {config.health_path}: visitors get 502")
         if state.maintenance:
             lines.append("maintenance mode: ON (visitors get the maintenance page)")
         for colour, release in sorted(state.colours.items()):
             if colour != state.live:
                 lines.append(f"standby {colour}: {release_sha(release)} (rollback target)")
+    if state.in_progress:
+        lines.append(("!! " if progress.left_behind(state.in_progress, state.lock) else "")
+                     + progress.describe(state.in_progress, state.lock, state.now or time.time()))
     if state.lock:
         lines.append(f"deploy lock: {lock.describe(state.lock, state.now or time.time())}")
     for colour, pid in sorted(state.processes.items()):

@@ -2,8 +2,9 @@
 
 History, the bench and (later) hooks key on these, never on display labels such as
 "switch to green", which may change wording or name a colour. A plan holds each phase at
-most once; the order below is the order a deploy runs them in (the window deploy's own
-order is the exception: it boots the new colour before the window opens).
+most once; the order below is the order a deploy runs them in, with two exceptions: the window
+deploy boots the new colour before the window opens, and a site with no live link to route
+through yet (a first deploy) is installed right after the switch.
 """
 from __future__ import annotations
 

@@ -74,7 +74,9 @@ class Step:
     """One phase of a plan (see phases.py), shown as `label`. `undo` runs (in reverse plan
     order) when this or a later step fails; `diagnose` commands are run and shown when this
     step fails. A `best_effort` step comes after the point of no return: its failure is a
-    warning, never a reason to undo."""
+    warning, never a reason to undo. A `barrier` step's undo is what the undos before it
+    depend on (the switch: traffic must be back before the new colour is removed): when it
+    cannot be undone, they are skipped, so nothing that serves is taken away."""
 
     phase: str
     actions: tuple[Action, ...]
@@ -82,6 +84,7 @@ class Step:
     diagnose: tuple[Cmd, ...] = ()
     best_effort: bool = False
     label: str = ""
+    barrier: bool = False
 
     def __post_init__(self):
         if self.phase not in phases.ALL:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from urllib.parse import urlparse
 
 import requests
 
@@ -48,11 +49,11 @@ def exists(image: str, tag: str, session: requests.Session | None = None) -> boo
     registry, repository = split(image)
     http = session or requests.Session()
     url = f"{base_url(registry)}/v2/{repository}/manifests/{tag}"
-    auth = _basic_auth()
+    auth = _basic_auth(registry)
     try:
         response = http.head(url, headers={"Accept": ACCEPT}, auth=auth, timeout=TIMEOUT)
         if response.status_code == 401 and "bearer" in response.headers.get("WWW-Authenticate", "").lower():
-            token = _token(http, response.headers["WWW-Authenticate"], auth)
+            token = _token(http, response.headers["WWW-Authenticate"], auth, registry)
             response = http.head(url, headers={"Accept": ACCEPT, "Authorization": f"Bearer {token}"}, timeout=TIMEOUT)
     except requests.RequestException as exc:
         raise ConfigError(f"registry {registry} unreachable: {exc.__class__.__name__}: {str(exc)[:160]}") from None
@@ -65,19 +66,36 @@ def exists(image: str, tag: str, session: requests.Session | None = None) -> boo
 
 
 def missing(images: dict[str, str], tag: str) -> list[str]:
+    registries = sorted({split(image)[0] for image in images.values()})
+    if _credentials() and not os.environ.get("REGISTRY_HOST") and len(registries) > 1:
+        raise ConfigError(f"REGISTRY_USER is set and the images come from {', '.join(registries)}: set REGISTRY_HOST "
+                          "to the one registry the credentials are for")
     with requests.Session() as session:
         return [f"{image}:{tag}" for image in images.values() if not exists(image, tag, session)]
 
 
-def _basic_auth():
+def _credentials():
     user, password = os.environ.get("REGISTRY_USER"), os.environ.get("REGISTRY_PASSWORD")
     return (user, password) if user and password else None
 
 
-def _token(http: requests.Session, challenge: str, auth) -> str:
+def _basic_auth(registry: str):
+    """The credentials, for the registry they are for only (REGISTRY_HOST, when set)."""
+    scope = os.environ.get("REGISTRY_HOST")
+    return _credentials() if not scope or scope == registry else None
+
+
+def _may_receive(realm: str, registry: str) -> bool:
+    """A token realm gets the credentials over HTTPS, or over HTTP on the registry's own loopback host."""
+    url = urlparse(realm)
+    return url.scheme == "https" or (url.netloc == registry and base_url(registry).startswith("http:"))
+
+
+def _token(http: requests.Session, challenge: str, auth, registry: str) -> str:
     params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
     realm = params.pop("realm", "")
-    response = http.get(realm, params=params, auth=auth, timeout=TIMEOUT)
+    response = http.get(realm, params=params, auth=auth if auth and _may_receive(realm, registry) else None,
+                        timeout=TIMEOUT)
     response.raise_for_status()
     body = response.json()
     return body.get("token") or body.get("access_token", "")

@@ -19,7 +19,8 @@ SETTLE_SECONDS = 1.0
 
 _POINT_LINKS = r"""
 while [ "$#" -gt 1 ]; do
-    if [ -n "$1" ]; then ln -sfn "$1" "$2.new" && mv -fT "$2.new" "$2"; else rm -f "$2"; fi || exit 1
+    # a temporary name of this run only: a leftover of a killed run cannot be in the way
+    if [ -n "$1" ]; then rm -rf "$2.new.$$" && ln -s "$1" "$2.new.$$" && mv -fT "$2.new.$$" "$2"; else rm -f "$2"; fi || exit 1
     shift 2
 done
 """
@@ -33,8 +34,10 @@ def point_links(*links: tuple[str | None, str]) -> Cmd:
 
 def readiness(config: Config, colour: str, diagnose: tuple[Cmd, ...] = ()) -> Step:
     layout = Layout.of(config)
+    # the site's own name, as nginx forwards it: apps that validate Host (Django's ALLOWED_HOSTS)
+    # answer 400 to anything else and would never look ready
     probe = ("curl", "-fsS", "--max-time", "5", "--unix-socket", layout.socket(colour),
-             f"http://localhost{config.ready_path}")
+             "-H", f"Host: {nginx.probe_host(config)}", f"http://localhost{config.ready_path}")
     return Step(phases.READY, (Poll(probe, config.health_timeout, config.health_interval),), diagnose=diagnose,
                 label=f"ready: {colour}")
 
@@ -54,6 +57,7 @@ def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
                           (was["colour"] and layout.colour_target(was["colour"]), layout.colour_link(colour)),
                           (was["current"] and layout.current_target(was["current"]), layout.current)),),
         label=f"switch to {colour}",
+        barrier=True,  # the new colour and its release may be removed only once traffic is back
     )
 
 

@@ -7,6 +7,7 @@ network and volume names so both colours reach the same database and the same da
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -27,6 +28,19 @@ class _Dumper(yaml.SafeDumper):
 
 
 _Dumper.add_representer(_Reset, lambda dumper, data: dumper.represent_sequence("!reset", data))
+# PyYAML quotes what YAML 1.1 would not read as a string; compose reads YAML 1.2, which also takes
+# e.g. 1e51234 (a SHA) for a number: quote whatever either could read as a number, bool or null.
+_NOT_A_STRING_IN_YAML_1_2 = re.compile(
+    r"^(?:[-+]?(?:[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)|true|True|TRUE|false|False|FALSE|null|Null|NULL|~|)$")
+
+
+def _string(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = '"' if _NOT_A_STRING_IN_YAML_1_2.match(data) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _string)
 
 
 def model(config: Config) -> dict:

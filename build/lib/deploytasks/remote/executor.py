@@ -12,10 +12,11 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .console import Console
 from .transport import Result, Transport, TransportError
-from ..errors import StepFailed
+from ..errors import DeployError, StepFailed
 from ..plan import Cmd, Plan, Poll, Put, Step, Wait
 
 TAIL_LINES = 15
@@ -44,11 +45,30 @@ class Interrupt:
 
 
 class Remote:
-    """One host behind one transport (an SSH connection), reused by every command of a task."""
+    """One host behind one transport (an SSH connection), reused by every command of a task.
+    `reopen` opens a fresh one: undos must not give up because the connection they follow broke."""
 
-    def __init__(self, transport: Transport, console: Console, interrupt: Interrupt | None = None):
-        self.transport, self.console = transport, console
+    def __init__(self, transport: Transport, console: Console, interrupt: Interrupt | None = None,
+                 reopen: Callable[[], Transport] | None = None):
+        self.transport, self.console, self.reopen = transport, console, reopen
         self.interrupt = interrupt if interrupt is not None else Interrupt()
+
+    def reconnect(self) -> bool:
+        """Replace the transport with a fresh one; False when that is impossible too."""
+        if self.reopen is None:
+            return False
+        try:
+            fresh = self.reopen()
+        except DeployError as error:
+            self.console(f"   ! cannot reconnect: {error}")
+            return False
+        try:
+            self.transport.close()
+        except Exception:  # the old one is broken: closing it may fail too
+            pass
+        self.transport = fresh
+        self.console("   reconnected")
+        return True
 
     @property
     def host(self) -> str:
@@ -82,8 +102,9 @@ def tail(result, lines: int = TAIL_LINES) -> list[str]:
     return text.strip().splitlines()[-lines:]
 
 
-def execute(remote: Remote, plan: Plan) -> Outcome:
-    """Run every step; on failure undo what was done (newest first) and raise StepFailed."""
+def execute(remote: Remote, plan: Plan, on_step: Callable[[Step], None] | None = None) -> Outcome:
+    """Run every step; on failure undo what was done (newest first) and raise StepFailed.
+    `on_step` runs before each step (the in-progress marker a crash leaves behind)."""
     outcome = Outcome()
     done: list[Step] = []
     for step in plan.steps:
@@ -91,6 +112,8 @@ def execute(remote: Remote, plan: Plan) -> Outcome:
         remote.console(f"-> {step.name}")
         try:
             try:
+                if on_step:
+                    on_step(step)
                 for action in step.actions:
                     if not step.best_effort:  # past the switch, finishing is safer than undoing
                         _check_interrupt(remote)
@@ -104,8 +127,10 @@ def execute(remote: Remote, plan: Plan) -> Outcome:
                 continue
             if not isinstance(failure, Interrupted):
                 _diagnose(remote, step)
-            _undo(remote, done + [step])
+            failure.undone = _undo(remote, done + [step])
             failure.completed = [s.phase for s in done]
+            if not failure.undone:
+                failure.details.append(UNDO_BLOCKED)
             raise
         seconds = time.monotonic() - started
         outcome.steps.append((step.phase, seconds))
@@ -156,19 +181,43 @@ def _diagnose(remote: Remote, step: Step) -> None:
             remote.console(f"   | {remote.console.mask(line)}")
 
 
-def _undo(remote: Remote, steps: list[Step]) -> None:
-    """Every undo runs, whatever the ones before it did."""
-    undos = [action for step in reversed(steps) for action in step.undo]
-    if undos:
+UNDO_BLOCKED = ("traffic could not be put back: what the switch pointed at keeps serving, and nothing it needs "
+                "was removed; run `status`, then `rollback` or deploy again (either repairs the host)")
+UNDO_RETRY_PAUSE = 1.0
+
+
+def _undo(remote: Remote, steps: list[Step]) -> bool:
+    """Undo newest first; every undo runs whatever the ones before it did, except behind a
+    barrier that failed (see Step). True when everything that had to be undone was."""
+    if any(step.undo for step in steps):
         remote.console("<- undoing what this plan changed")
-    for action in undos:
-        result = _try(remote, action)
-        if not result or not result.ok:
-            reason = " ".join(tail(result, 2)) if result else "the connection failed"
-            remote.console(f"   ! undo `{remote.console.mask(str(action))[:160]}` failed: {reason}")
+    for step in reversed(steps):
+        failed = [action for action in step.undo if not _undo_action(remote, action)]
+        if failed and step.barrier:
+            remote.console(f"   ! {step.name} could not be undone: the undos before it are skipped")
+            return False
+    return True
 
 
-def _try(remote: Remote, action: Cmd):
+def _undo_action(remote: Remote, action: Cmd) -> bool:
+    """One undo command, retried once: on a fresh connection if this one broke, else after a pause."""
+    result = _try(remote, action)
+    if result is not None and result.ok:
+        return True
+    if result is None and not remote.reconnect():
+        remote.console(f"   ! undo `{remote.console.mask(str(action))[:160]}` failed: the connection failed")
+        return False
+    if result is not None:
+        time.sleep(UNDO_RETRY_PAUSE)
+    result = _try(remote, action)
+    if result is not None and result.ok:
+        return True
+    reason = " ".join(tail(result, 2)) if result is not None else "the connection failed"
+    remote.console(f"   ! undo `{remote.console.mask(str(action))[:160]}` failed: {remote.console.mask(reason)}")
+    return False
+
+
+def _try(remote: Remote, action: Cmd) -> Result | None:
     try:
         return remote.run(action.argv)
     except TransportError:

@@ -5,6 +5,7 @@ a TransportError here, so nothing above this module catches library exceptions.
 """
 from __future__ import annotations
 
+import posixpath
 import uuid
 from contextlib import contextmanager
 
@@ -38,13 +39,29 @@ class FabricTransport:
         return Result(result.exited, result.stdout, result.stderr)
 
     def put(self, path: str, content: bytes, mode: int) -> None:
-        staged = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        """Staged in a directory created 0700, so nobody can open the file before its mode is
+        set (an fd opened while it was 0644 would read the secret as it lands), then renamed."""
+        private = f"{posixpath.dirname(path)}/.deploytasks-put-{uuid.uuid4().hex[:8]}"
+        staged = f"{private}/{posixpath.basename(path)}"
         with _as_transport_error(f"cannot write {path}: "):
             sftp = self.conn.sftp()
-            with sftp.open(staged, "wb") as handle:
-                handle.chmod(mode)
-                handle.write(content)
-            sftp.posix_rename(staged, path)
+            sftp.mkdir(private, mode=0o700)
+            try:
+                with sftp.open(staged, "wb") as handle:
+                    handle.chmod(mode)
+                    handle.write(content)
+                sftp.posix_rename(staged, path)
+            finally:
+                _quietly(sftp.remove, staged)
+                _quietly(sftp.rmdir, private)
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _quietly(call, path: str) -> None:
+    """Clean up what may already be gone (the rename moved the file)."""
+    try:
+        call(path)
+    except OSError:
+        pass
