@@ -9,6 +9,7 @@ images tagged by the real git SHA of each commit and pushes them to the testbed'
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -118,7 +119,10 @@ def ok(argv, cwd) -> str:
 def installed(tmp_path_factory, bed):
     """A virtualenv outside the repository with only the wheel built from this checkout."""
     base = tmp_path_factory.mktemp("wheel")
-    ok([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(base / "dist"), str(ROOT)], base)
+    source = base / "source"  # a clean copy: no stale build/ of an earlier wheel can leak into this one
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                                                 "__pycache__", ".pytest_cache"))
+    ok([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(base / "dist"), str(source)], base)
     wheels = list((base / "dist").glob("deploytasks-*.whl"))
     assert len(wheels) == 1, wheels
     venv = base / "venv"
