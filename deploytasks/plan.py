@@ -74,7 +74,9 @@ class Step:
     """One phase of a plan (see phases.py), shown as `label`. `undo` runs (in reverse plan
     order) when this or a later step fails; `diagnose` commands are run and shown when this
     step fails. A `best_effort` step comes after the point of no return: its failure is a
-    warning, never a reason to undo."""
+    warning, never a reason to undo. An `outlives_connection` step's command keeps running on
+    the host when the connection is lost (a tracked migration): nothing can then be undone under
+    it, so nothing is, and the deploy lock stays until it ends."""
 
     phase: str
     actions: tuple[Action, ...]
@@ -82,6 +84,7 @@ class Step:
     diagnose: tuple[Cmd, ...] = ()
     best_effort: bool = False
     label: str = ""
+    outlives_connection: bool = False
 
     def __post_init__(self):
         if self.phase not in phases.ALL:
