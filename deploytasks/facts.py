@@ -5,15 +5,17 @@ machine, so a deploy from a laptop that died half way is recovered by the next o
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
+from . import holder as holders
+from . import lock
+from .holder import Holder, json_object
 from .layout import COLOURS, Layout
 from .plan import sh
 
-_SCRIPT = r"""
-blue=$1; green=$2; live=$3; current=$4; flag=$5; releases=$6; lock=$7; info=$8; history=$9
-bluepid=${10}; greenpid=${11}; marker=${12}; health=${13}; site=${14}
+_SCRIPT = lock.INSPECT + r"""
+blue=$1; green=$2; live=$3; current=$4; flag=$5; releases=$6; history=$7; bluepid=$8; greenpid=$9
+marker=${10}; health=${11}; site=${12}
 printf 'now %s\n' "$(date +%s)"
 printf 'colour blue %s\n' "$(readlink "$blue" 2>/dev/null)"
 printf 'colour green %s\n' "$(readlink "$green" 2>/dev/null)"
@@ -23,8 +25,7 @@ for l in "$(dirname "$live")"/*.sock; do [ -L "$l" ] && [ "$l" != "$live" ] && p
 printf 'current %s\n' "$(readlink "$current" 2>/dev/null)"
 [ -e "$flag" ] && echo 'maintenance on'
 for r in "$releases"/*/; do [ -d "$r" ] && printf 'release %s\n' "$(basename "$r")"; done
-if [ -f "$info" ]; then printf 'lock %s\n' "$(tr -d '\n' < "$info")"
-elif [ -d "$lock" ]; then printf 'lock {"since": %s}\n' "$(stat -c %Y "$lock")"; fi
+[ -d "$lock" ] && inspect "$lock"
 tail -n 200 "$history" 2>/dev/null | sed 's/^/history /'
 [ -d /run/systemd/system ] && echo 'systemd yes'
 p=$(cat "$bluepid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && printf 'process blue %s\n' "$p"
@@ -65,7 +66,8 @@ class HostState:
     current: str | None = None  # release name `current` points at
     releases: tuple[str, ...] = ()
     maintenance: bool = False
-    lock: dict | None = None
+    lock: dict | None = None  # who holds the deploy lock (its info.json)
+    holder: Holder | None = None  # the same, with whether the holder lives (see holder.py)
     history: tuple[dict, ...] = ()
     containers: tuple[Container, ...] = ()
     processes: dict[str, int] = field(default_factory=dict)  # colour -> gunicorn master pid, if alive
@@ -87,8 +89,8 @@ class HostState:
 def read_command(layout: Layout, health_path: str = "", site: str = "localhost") -> tuple[str, ...]:
     """Every path comes from the layout: the script itself names none. With `health_path`, it
     also asks the live colour's socket whether it answers (as nginx would reach it)."""
-    return sh(_SCRIPT, layout.colour_link("blue"), layout.colour_link("green"), layout.live_socket, layout.current,
-              layout.maintenance_flag, layout.releases, layout.lock, layout.lock_info, layout.history,
+    return sh(_SCRIPT, *lock.inspect_args(layout), layout.colour_link("blue"), layout.colour_link("green"),
+              layout.live_socket, layout.current, layout.maintenance_flag, layout.releases, layout.history,
               layout.pidfile("blue"), layout.pidfile("green"), layout.in_progress, health_path, site)
 
 
@@ -99,9 +101,12 @@ def release_sha(release: str | None) -> str | None:
 
 def parse(output: str) -> HostState:
     fields: dict = {"colours": {}, "releases": [], "history": [], "containers": [], "processes": {}}
+    lock_lines = []
     for line in output.splitlines():
         key, _, value = line.partition(" ")
-        if key == "now" and value.isdigit():
+        if key == "lock" or key.startswith("lock-"):
+            lock_lines.append(line)
+        elif key == "now" and value.isdigit():
             fields["now"] = int(value)
         elif key == "colour":
             colour, _, target = value.partition(" ")
@@ -120,8 +125,6 @@ def parse(output: str) -> HostState:
             fields["maintenance"] = True
         elif key == "release":
             fields["releases"].append(value)
-        elif key == "lock":
-            fields["lock"] = json_object(value) or {"raw": value}
         elif key == "history":
             entry = json_object(value)
             if entry:
@@ -140,16 +143,10 @@ def parse(output: str) -> HostState:
             parts = value.split("\t")
             if len(parts) == 5:
                 fields["containers"].append(Container(*parts))
+    fields["holder"] = holders.parse(lock_lines)
+    fields["lock"] = fields["holder"].info if fields["holder"] else None
     fields["releases"] = tuple(sorted(fields["releases"]))
     fields["history"] = tuple(fields["history"])
     fields["containers"] = tuple(fields["containers"])
     return HostState(**fields)
 
-
-def json_object(text: str) -> dict | None:
-    """A JSON object from one line of remote output, or None for anything else."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None

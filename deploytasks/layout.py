@@ -7,7 +7,8 @@
       run/<colour>/<web>.sock    the socket each colour's web service listens on
       run/<web>.sock -> <colour>/<web>.sock   the live link nginx connects through
       state/<colour> -> ../releases/...       what each colour runs
-      state/history.jsonl, state/lock/, state/maintenance
+      state/history.jsonl, state/maintenance
+      state/lock/{info.json,session,lease,running/,ended/,output/}   the deploy lock, while held
       nginx/site.conf, nginx/site.d/          the site as last rendered; the user's additions
       .backups/<UTC-ts>/                      process releases: what a rollback needs beyond releases/
 
@@ -24,7 +25,15 @@ CONTAINER_RUN_DIR = "/run/deploytasks"  # where a container sees its colour's ru
 APP_ENV = "app.env"  # the app's runtime variables in each release (mode 0600)
 RELEASE_META = ".deploytasks"  # per-release files of ours (process releases): env wrapper, build hash
 RELEASE_VENV = ".venv"  # a process release's link to its virtualenv under shared/venvs
-LOCK_INFO = "info.json"  # inside the lock directory: who holds it
+# inside the lock directory (state/lock/), written by the acquire script and the deploy holding it
+LOCK_INFO = "info.json"  # who holds it: user, machine, task, SHA, since, token
+LOCK_SESSION = "session"  # the holder's sshd session process: "<pid> <start time> <boot id>"
+LOCK_LEASE = "lease"  # renewed every few seconds by the holder; holds the step it is at
+LOCK_RUNNING = "running"  # one record per registered command while it runs (a migration)
+LOCK_ENDED = "ended"  # the same record with its exit status, once it has ended
+LOCK_OUTPUT = "output"  # each registered command's output (it must not depend on the connection)
+LOCK_TAKEOVER = "takeover"  # made (mkdir) by the one deploy allowed to take a dead holder's lock over
+LOCK_NAMES = (LOCK_INFO, LOCK_SESSION, LOCK_LEASE, LOCK_RUNNING, LOCK_ENDED, LOCK_OUTPUT, LOCK_TAKEOVER)
 
 
 def other(colour: str | None) -> str:
@@ -138,6 +147,22 @@ class Layout:
     def in_progress(self) -> str:
         """Written when a plan starts, rewritten at each step, removed when it ends cleanly."""
         return f"{self.state}/deploying"
+
+    @property
+    def lock_lease(self) -> str:
+        return f"{self.lock}/{LOCK_LEASE}"
+
+    @property
+    def lock_running(self) -> str:
+        return f"{self.lock}/{LOCK_RUNNING}"
+
+    @property
+    def lock_ended(self) -> str:
+        return f"{self.lock}/{LOCK_ENDED}"
+
+    @property
+    def lock_output(self) -> str:
+        return f"{self.lock}/{LOCK_OUTPUT}"
 
     @property
     def maintenance_flag(self) -> str:

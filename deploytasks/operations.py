@@ -10,15 +10,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import backends, deploys, history, lock, maintenance, nginx, phases, progress, releases, shas
+from . import backends, deploys, history, holder, lock, maintenance, nginx, phases, progress, releases, shas
 from .config import Config
 from .remote.connection import connect
 from .remote.console import Console
 from .errors import ConfigError, ConnectError, DeployError, StepFailed
-from .remote.executor import Interrupt, Interrupted, Remote, execute, interruptible
+from .remote.executor import Detached, Interrupt, Interrupted, Remote, execute, interruptible
 from .remote.transport import TransportError
-from .facts import HostState, json_object, parse, read_command, release_sha
+from .facts import HostState, parse, read_command, release_sha
 from .layout import Layout
+from .locking import locked
 from .plan import Plan
 
 
@@ -50,39 +51,14 @@ def read_state(remote: Remote, config: Config) -> HostState:
     return parse(remote.check(command, "reading the host's state"))
 
 
-@contextmanager
-def locked(remote: Remote, layout: Layout, task: str, sha: str | None, force_unlock: bool = False):
-    """Hold the host's deploy lock for the block; released on every way out but a hard abort
-    (a second Ctrl-C), where the host may still be running a command."""
-    if force_unlock:
-        remote.check(lock.force_release_argv(layout), "removing the deploy lock")
-        remote.console("! deploy lock removed (--force-unlock)")
-    info = lock.owner(task, sha)
-    result = remote.run(lock.acquire_argv(layout, info))
-    if result.exited == lock.HELD_EXIT:
-        holder = json_object(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "")
-        raise lock.held_error(remote.host, holder, time.time())
-    if not result.ok:
-        raise StepFailed(f"{remote.host}: cannot take the deploy lock: {result.stderr.strip()[:200]}")
-    aborted = False
-    try:
-        yield info
-    except KeyboardInterrupt:
-        aborted = True
-        remote.console("! aborted mid-step: the deploy lock is kept, as the host may be half-way through a "
-                       "command; check `status`, then rerun with --force-unlock")
-        raise
-    finally:
-        if not aborted:
-            remote.run(lock.release_argv(layout, info))
-
-
 def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = True, force_unlock: bool = False,
-           kind: str = "deploy", window: bool = False, fast: bool = False,
+           force: bool = False, lock_wait: float = 0, kind: str = "deploy", window: bool = False, fast: bool = False,
            echo: Callable[[str], None] = print) -> dict[str, str]:
     """Deploy `sha` to every host of the target; returns host -> SHA now serving. `window`:
     switch inside a maintenance window (for migrations the old version cannot run beside).
-    `fast` (process releases): reuse dependencies and builds whose inputs did not change."""
+    `fast` (process releases): reuse dependencies and builds whose inputs did not change.
+    `force_unlock`, `force`, `lock_wait`: what to do about a held lock (lock.policy)."""
+    policy = lock.policy(force_unlock, force, lock_wait)
     config = target.config
     backend = backends.of(config, shas.check(sha), fast=fast)  # the artifact exists: checked before connecting
     if window and not backend.windows:
@@ -93,31 +69,34 @@ def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = T
         return deploys.deploy(config, state, backend, sha, releases.name(sha), migrate=migrate, kind=kind,
                               window=window)
 
-    return _each_host(target, kind, sha, plan_for, dry_run=dry_run, force_unlock=force_unlock, echo=echo)
+    return _each_host(target, kind, sha, plan_for, dry_run=dry_run, policy=policy, echo=echo)
 
 
 def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dry_run: bool = False,
-             force_unlock: bool = False, echo: Callable[[str], None] = print) -> dict[str, str]:
+             force_unlock: bool = False, force: bool = False, lock_wait: float = 0,
+             echo: Callable[[str], None] = print) -> dict[str, str]:
     """Without `to`: back to the colour that served before. With `to`: redeploy an earlier SHA
     from history, without migrations unless asked (process releases reuse what they can)."""
+    policy = lock.policy(force_unlock, force, lock_wait)
     if to:
-        return deploy(target, to, dry_run=dry_run, migrate=migrate, force_unlock=force_unlock,
-                      kind="rollback", fast=target.config.mode == "processes", echo=echo)
+        return deploy(target, to, dry_run=dry_run, migrate=migrate, force_unlock=force_unlock, force=force,
+                      lock_wait=lock_wait, kind="rollback", fast=target.config.mode == "processes", echo=echo)
     backend = backends.of(target.config)
     return _each_host(target, "rollback", None, lambda state: deploys.rollback(target.config, state, backend),
-                      dry_run=dry_run, force_unlock=force_unlock, echo=echo)
+                      dry_run=dry_run, policy=policy, echo=echo)
 
 
 def set_maintenance(target: Target, on: bool, *, dry_run: bool = False, force_unlock: bool = False,
-                    echo: Callable[[str], None] = print) -> None:
+                    force: bool = False, lock_wait: float = 0, echo: Callable[[str], None] = print) -> None:
     """maintenance-on / maintenance-off on every host; takes the deploy lock so it cannot race a deploy."""
+    policy = lock.policy(force_unlock, force, lock_wait)
     kind = "maintenance-on" if on else "maintenance-off"
     _each_host(target, kind, None, lambda state: maintenance.toggle(target.config, state, on),
-               dry_run=dry_run, force_unlock=force_unlock, echo=echo)
+               dry_run=dry_run, policy=policy, echo=echo)
 
 
 def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[HostState], Plan], *,
-               dry_run: bool, force_unlock: bool, echo) -> dict[str, str]:
+               dry_run: bool, policy: lock.Policy, echo) -> dict[str, str]:
     layout = Layout.of(target.config)
     serving: dict[str, str] = {}
     with interruptible() as interrupt:
@@ -132,7 +111,7 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
                     for line in plan.describe():
                         remote.console(line)
                     continue
-                with locked(remote, layout, kind, sha, force_unlock) as owner:
+                with locked(remote, layout, kind, sha, policy) as owner:
                     state = read_state(remote, target.config)
                     if kind == "rollback" and sha and not history.served(state.history, sha):
                         raise DeployError(f"{host}: {sha} never served here (not in the history as a successful "
@@ -149,20 +128,22 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
     colour = plan.summary.get("colour")
     if plan.sha:
         remote.console(f"{plan.kind} {plan.sha} -> {colour} (was {plan.summary.get('previous') or 'nothing'})")
-    def mark(step) -> None:  # one small write per step: a crash leaves the step it died in
-        remote.run(progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner, step.phase, started)))
-
+    # the step under way is in the lock's lease; the marker outlives the lock, so a deploy that
+    # never finished is still named after its lock was released or taken over
+    remote.run(progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner, "started", started)))
     try:
-        outcome = execute(remote, plan, on_step=mark)
+        outcome = execute(remote, plan)
     except StepFailed as failure:
+        ended = "lost" if isinstance(failure, Detached) else "failed"  # lost: the migration may still run
         try:  # best effort: the connection may be what failed
             reason = remote.console.mask(str(failure).splitlines()[0])[:300]
-            remote.run(history.append_argv(layout, history.entry(
-                plan.kind, plan.sha, colour, owner, "failed" if failure.undone else "failed, not undone", started, [],
-                failed_after=failure.completed, reason=reason)))
-            remote.run(progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner,
-                                                                  progress.UNDO_FAILED, started))
-                       if not failure.undone else progress.clear_argv(layout))
+            outcome = ended if failure.undone else "failed, not undone"
+            remote.run(history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, owner, outcome,
+                                                                 started, [], failed_after=failure.completed,
+                                                                 reason=reason)))
+            left = progress.UNDO_FAILED if not failure.undone else progress.LOST if ended == "lost" else None
+            remote.run(progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner, left, started))
+                       if left else progress.clear_argv(layout))
         except TransportError:
             remote.console("! could not record the failure in the host's history")
         if plan.summary.get("window") and phases.MIGRATE in failure.completed:
@@ -208,8 +189,8 @@ def problems(config: Config, state: HostState) -> list[str]:
     if state.deployed and state.live_answers is False:
         found.append(f"the live colour ({state.live}) does not answer {config.health_path} on its socket: "
                      "nginx answers 502; `rollback` or a deploy repairs it")
-    if state.in_progress and progress.left_behind(state.in_progress, state.lock):
-        found.append(progress.describe(state.in_progress, state.lock, state.now or time.time()))
+    if state.in_progress and progress.left_behind(state.in_progress, state.lock, state.holder):
+        found.append(progress.describe(state.in_progress, state.lock, state.now or time.time(), state.holder))
     return found
 
 
@@ -229,10 +210,10 @@ def describe_state(config: Config, state: HostState) -> list[str]:
             if colour != state.live:
                 lines.append(f"standby {colour}: {release_sha(release)} (rollback target)")
     if state.in_progress:
-        lines.append(("!! " if progress.left_behind(state.in_progress, state.lock) else "")
-                     + progress.describe(state.in_progress, state.lock, state.now or time.time()))
+        lines.append(("!! " if progress.left_behind(state.in_progress, state.lock, state.holder) else "")
+                     + progress.describe(state.in_progress, state.lock, state.now or time.time(), state.holder))
     if state.lock:
-        lines.append(f"deploy lock: {lock.describe(state.lock, state.now or time.time())}")
+        lines.append(holder.status_line(state.holder or holder.Holder(state.lock), state.now or time.time()))
     for colour, pid in sorted(state.processes.items()):
         lines.append(f"  gunicorn {colour:5} pid {pid} running {release_sha(state.release_of(colour)) or '?'}")
     for project in [config.app_name] + [f"{config.app_name}-{c}" for c in ("blue", "green")]:

@@ -76,7 +76,10 @@ class Step:
     step fails. A `best_effort` step comes after the point of no return: its failure is a
     warning, never a reason to undo. A `barrier` step's undo is what the undos before it
     depend on (the switch: traffic must be back before the new colour is removed): when it
-    cannot be undone, they are skipped, so nothing that serves is taken away."""
+    cannot be undone, they are skipped, so nothing that serves is taken away.
+    An `outlives_connection` step's command keeps running on
+    the host when the connection is lost (a tracked migration): nothing can then be undone under
+    it, so nothing is, and the deploy lock stays until it ends."""
 
     phase: str
     actions: tuple[Action, ...]
@@ -85,6 +88,7 @@ class Step:
     best_effort: bool = False
     label: str = ""
     barrier: bool = False
+    outlives_connection: bool = False
 
     def __post_init__(self):
         if self.phase not in phases.ALL:

@@ -1,6 +1,6 @@
-"""The in-progress marker: which deploy is under way on a host, and at which step.
+"""The in-progress marker: which deploy is under way on a host.
 
-Written when a plan starts and at each step, removed when the plan ends with the host whole
+Written when a plan starts (the step under way is in the lock's lease), removed when the plan ends with the host whole
 (done, or failed and fully undone). A marker left behind names a deploy that died half way
 (the deploying machine was killed, the connection cut for good) or a failure whose undo could
 not put traffic back; `status` reports it and exits non-zero, and the next deploy or rollback,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 
+from .holder import Holder
 from .layout import Layout
 from .plan import sh
 
@@ -29,19 +30,27 @@ def clear_argv(layout: Layout) -> tuple[str, ...]:
     return ("rm", "-f", layout.in_progress)
 
 
-def describe(marker: dict, lock: dict | None, now: float) -> str:
-    """One line for `status`: under way (its lock is held) or left behind."""
+def describe(marker: dict, lock: dict | None, now: float, holder: Holder | None = None) -> str:
+    """One line for `status`: under way (its lock is held by a live holder) or left behind."""
     age = max(0, int(now - marker.get("since", now)))
     what = f"{marker.get('kind', 'deploy')} {marker.get('sha') or ''} by {marker.get('user', '?')}".replace("  ", " ")
-    if left_behind(marker, lock):
-        return (f"HALF-DONE: {what} stopped at step {marker.get('step', '?')!r} {age}s ago and did not finish; "
+    ours = bool(lock) and lock.get("token") == marker.get("token")
+    step = (holder.step if ours and holder and holder.step else None) or marker.get("step", "?")
+    if left_behind(marker, lock, holder):
+        return (f"HALF-DONE: {what} stopped at step {step!r} and did not finish (started {age}s ago); "
                 "the next deploy or `rollback` repairs the host")
-    return f"in progress: {what}, at step {marker.get('step', '?')!r} for {age}s"
+    return f"in progress: {what}, at step {step!r} (started {age}s ago)"
 
 
-def left_behind(marker: dict | None, lock: dict | None) -> bool:
-    """A marker whose deploy no longer holds the lock: nobody will finish or undo it."""
-    return bool(marker) and (not lock or lock.get("token") != marker.get("token"))
+def left_behind(marker: dict | None, lock: dict | None, holder: Holder | None = None) -> bool:
+    """A marker whose deploy no longer holds the lock, or holds it but is dead: nobody will
+    finish or undo it (the next deploy takes the lock over and repairs the host)."""
+    if not marker:
+        return False
+    if not lock or lock.get("token") != marker.get("token"):
+        return True
+    return bool(holder) and holder.verdict in ("dead", "running")
 
 
 UNDO_FAILED = "undo failed"
+LOST = "connection lost while the migration ran"

@@ -50,7 +50,10 @@ def _target(c, env: str | None, accept_new_host_key: bool = False) -> operations
 COMMON_HELP = {
     "env": "environment: envs/ENV.env (default: $DEPLOY_ENV, or the one whose HOSTS has the -H host)",
     "dry-run": "print every command and file of the plan; change nothing",
-    "force-unlock": "remove a stale deploy lock first (only when its holder is known dead)",
+    "force-unlock": "break the deploy lock first, whoever holds it (a dead holder's is taken over without it); "
+                    "refused while the migration it registered still runs, unless --force",
+    "force": "with --force-unlock: break the lock even while its migration still runs",
+    "lock-wait": "seconds to wait for a deploy lock held by a live deploy (or a running migration); default 0",
     "accept-new-host-key": "trust and save the key an unknown host presents (check it first!)",
 }
 
@@ -61,19 +64,20 @@ COMMON_HELP = {
             **COMMON_HELP})
 @friendly
 def deploy(c, sha, env=None, dry_run=False, no_migrate=False, maintenance=False, fast=False, force_unlock=False,
-           accept_new_host_key=False):
+           force=False, lock_wait=None, accept_new_host_key=False):
     """Deploy a SHA blue/green with zero downtime (container images or process release)."""
     operations.deploy(_target(c, env, accept_new_host_key), sha, dry_run=dry_run, migrate=not no_migrate,
-                      force_unlock=force_unlock, window=maintenance, fast=fast)
+                      force_unlock=force_unlock, force=force, lock_wait=lock_wait, window=maintenance, fast=fast)
 
 
 @task(help={"to": "redeploy this earlier SHA from history instead of the previous colour",
             "migrate": "with --to: run the migration step too", **COMMON_HELP})
 @friendly
-def rollback(c, to=None, env=None, migrate=False, dry_run=False, force_unlock=False, accept_new_host_key=False):
+def rollback(c, to=None, env=None, migrate=False, dry_run=False, force_unlock=False, force=False, lock_wait=None,
+             accept_new_host_key=False):
     """Go back to the previous version (instant), or --to an earlier SHA."""
     operations.rollback(_target(c, env, accept_new_host_key), to=to, migrate=migrate, dry_run=dry_run,
-                        force_unlock=force_unlock)
+                        force_unlock=force_unlock, force=force, lock_wait=lock_wait)
 
 
 @task(help={"env": COMMON_HELP["env"], "accept-new-host-key": COMMON_HELP["accept-new-host-key"]})
@@ -83,21 +87,26 @@ def status(c, env=None, accept_new_host_key=False):
     operations.status(_target(c, env, accept_new_host_key))
 
 
-MAINTENANCE_HELP = {k: COMMON_HELP[k] for k in ("env", "dry-run", "force-unlock", "accept-new-host-key")}
+MAINTENANCE_HELP = {k: COMMON_HELP[k] for k in ("env", "dry-run", "force-unlock", "force", "lock-wait",
+                                                 "accept-new-host-key")}
 
 
 @task(help=MAINTENANCE_HELP)
 @friendly
-def maintenance_on(c, env=None, dry_run=False, force_unlock=False, accept_new_host_key=False):
+def maintenance_on(c, env=None, dry_run=False, force_unlock=False, force=False, lock_wait=None,
+                   accept_new_host_key=False):
     """Serve the maintenance page (503 + Retry-After) to everyone but the allowlist."""
-    operations.set_maintenance(_target(c, env, accept_new_host_key), True, dry_run=dry_run, force_unlock=force_unlock)
+    operations.set_maintenance(_target(c, env, accept_new_host_key), True, dry_run=dry_run, force_unlock=force_unlock,
+                               force=force, lock_wait=lock_wait)
 
 
 @task(help=MAINTENANCE_HELP)
 @friendly
-def maintenance_off(c, env=None, dry_run=False, force_unlock=False, accept_new_host_key=False):
+def maintenance_off(c, env=None, dry_run=False, force_unlock=False, force=False, lock_wait=None,
+                    accept_new_host_key=False):
     """Stop serving the maintenance page."""
-    operations.set_maintenance(_target(c, env, accept_new_host_key), False, dry_run=dry_run, force_unlock=force_unlock)
+    operations.set_maintenance(_target(c, env, accept_new_host_key), False, dry_run=dry_run, force_unlock=force_unlock,
+                               force=force, lock_wait=lock_wait)
 
 
 TASKS = (deploy, rollback, status, maintenance_on, maintenance_off)

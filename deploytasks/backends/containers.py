@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..facts import HostState, release_sha
 from ..layout import APP_ENV, Layout
 from ..plan import Cmd, Put, Step, cmd, sh
+from ..tracked import tracked
 from . import compose
 
 
@@ -59,9 +60,14 @@ class ContainerColour:
         return self("stop", "-t", str(int(self.config.drain_timeout) + 5), *self.config.stateless)
 
     def migrate(self) -> Step:
-        """A one-off container of the new web image, before any traffic moves."""
-        return Step(phases.MIGRATE, (self("run", "--rm", "--no-deps", "-T", self.config.web_service,
-                                          *self.config.migrate_command, stream=True),))
+        """A one-off container of the new web image, before any traffic moves; named, and
+        registered in the deploy lock, so a lost connection neither orphans nor hides it."""
+        record = f"{phases.MIGRATE}-{self.release}"
+        name = f"{self.config.app_name}-{record}".lower()
+        run = self("run", "--rm", "--name", name, "--no-deps", "-T", self.config.web_service,
+                   *self.config.migrate_command)
+        return Step(phases.MIGRATE, (cmd(*tracked(Layout.of(self.config), record, "migration", run.argv, name),
+                                         stream=True),), outlives_connection=True)
 
 
 def check_images(config: Config, sha: str) -> None:

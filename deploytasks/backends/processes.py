@@ -20,6 +20,7 @@ from ..layout import APP_ENV, RELEASE_META, RELEASE_VENV, Layout
 from ..plan import Cmd, Put, Step, cmd, sh
 from ..releases import timestamp
 from ..source import Source
+from ..tracked import tracked
 
 _DEPENDENCIES = r"""
 venvs=$1; requirements=$2; python=$3; link=$4; reuse=$5; stamp=$6
@@ -182,9 +183,12 @@ class Gunicorn:
         return self.stop(), fresh_socket, cmd("sh", self.script, "--daemon")
 
     def migrate(self) -> Step:
-        """MIGRATE_COMMAND in the release, with the app's env and virtualenv."""
-        run = f"{self.dir}/{RELEASE_META}/run"
-        return Step(phases.MIGRATE, (cmd(run, *self.config.migrate_command, stream=True),))
+        """MIGRATE_COMMAND in the release, with the app's env and virtualenv; registered in the
+        deploy lock, and never writing to the connection, so a lost connection cannot kill it."""
+        run = (f"{self.dir}/{RELEASE_META}/run", *self.config.migrate_command)
+        record = f"{phases.MIGRATE}-{self.release}"
+        return Step(phases.MIGRATE, (cmd(*tracked(self.layout, record, "migration", run), stream=True),),
+                    outlives_connection=True)
 
     def stop(self) -> Cmd:
         if self.systemd:

@@ -27,6 +27,16 @@ class Interrupted(StepFailed):
     pass
 
 
+class LockLost(Interrupted):
+    """The deploy lock is no longer this deploy's (taken over as dead, or forced): it stops at
+    once and undoes nothing, as the host may already be another deploy's."""
+
+
+class Detached(StepFailed):
+    """The connection was lost while a step whose command outlives it ran: that command may still
+    be running on the host, so nothing was undone (see Step.outlives_connection)."""
+
+
 @dataclass
 class Outcome:
     steps: list[tuple[str, float]] = field(default_factory=list)
@@ -39,9 +49,10 @@ class Interrupt:
 
     def __init__(self):
         self.requested = False
+        self.lost: str | None = None  # why the deploy lock is no longer ours (set by the lease)
 
     def __bool__(self) -> bool:
-        return self.requested
+        return self.requested or self.lost is not None
 
 
 class Remote:
@@ -52,6 +63,7 @@ class Remote:
                  reopen: Callable[[], Transport] | None = None):
         self.transport, self.console, self.reopen = transport, console, reopen
         self.interrupt = interrupt if interrupt is not None else Interrupt()
+        self.step: str | None = None  # the step running now, for the lock's lease
 
     def reconnect(self) -> bool:
         """Replace the transport with a fresh one; False when that is impossible too."""
@@ -102,25 +114,28 @@ def tail(result, lines: int = TAIL_LINES) -> list[str]:
     return text.strip().splitlines()[-lines:]
 
 
-def execute(remote: Remote, plan: Plan, on_step: Callable[[Step], None] | None = None) -> Outcome:
-    """Run every step; on failure undo what was done (newest first) and raise StepFailed.
-    `on_step` runs before each step (the in-progress marker a crash leaves behind)."""
+def execute(remote: Remote, plan: Plan) -> Outcome:
+    """Run every step; on failure undo what was done (newest first) and raise StepFailed."""
     outcome = Outcome()
     done: list[Step] = []
     for step in plan.steps:
         started = time.monotonic()
+        remote.step = step.name
         remote.console(f"-> {step.name}")
         try:
             try:
-                if on_step:
-                    on_step(step)
                 for action in step.actions:
                     if not step.best_effort:  # past the switch, finishing is safer than undoing
                         _check_interrupt(remote)
                     _perform(remote, action)
             except TransportError as error:
+                if step.outlives_connection:
+                    raise Detached(f"{remote.host}: {step.name}: {error}") from error
                 raise StepFailed(f"{remote.host}: {step.name}: {error}") from error
         except StepFailed as failure:
+            if isinstance(failure, (LockLost, Detached)):  # the host is not ours to undo on
+                failure.completed = [s.phase for s in done]
+                raise
             if step.best_effort:
                 outcome.warnings.append(f"{step.name}: {failure}")
                 remote.console(f"   ! {step.name} failed after the switch (the new version serves): {failure}")
@@ -225,6 +240,8 @@ def _try(remote: Remote, action: Cmd) -> Result | None:
 
 
 def _check_interrupt(remote: Remote) -> None:
+    if remote.interrupt.lost:
+        raise LockLost(remote.interrupt.lost)
     if remote.interrupt:
         raise Interrupted(f"{remote.host}: interrupted (Ctrl-C)")
 

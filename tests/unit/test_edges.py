@@ -49,7 +49,7 @@ def test_a_marker_whose_deploy_holds_the_lock_is_in_progress_not_a_problem(local
     marker = progress.record("deploy", "bbbbbbb", "green", OWNER, "pull", since=990)
     state = _serving(in_progress=marker, lock={"token": "tok-1", "user": "alice", "since": 990})
     assert operations.problems(local_config, state) == []
-    assert "in progress: deploy bbbbbbb by alice@laptop, at step 'pull' for 10s" in operations.describe_state(
+    assert "in progress: deploy bbbbbbb by alice@laptop, at step 'pull' (started 10s ago)" in operations.describe_state(
         local_config, state)
 
 
@@ -57,8 +57,20 @@ def test_a_marker_whose_deploy_holds_the_lock_is_in_progress_not_a_problem(local
 def test_a_marker_left_behind_is_named_with_its_step(local_config, lock):
     marker = progress.record("deploy", "bbbbbbb", "green", OWNER, "switch", since=900)
     [problem] = operations.problems(local_config, _serving(in_progress=marker, lock=lock))
-    assert problem == ("HALF-DONE: deploy bbbbbbb by alice@laptop stopped at step 'switch' 100s ago and did not "
-                       "finish; the next deploy or `rollback` repairs the host")
+    assert problem == ("HALF-DONE: deploy bbbbbbb by alice@laptop stopped at step 'switch' and did not finish "
+                       "(started 100s ago); the next deploy or `rollback` repairs the host")
+
+
+def test_a_marker_whose_holder_is_dead_is_left_behind_at_the_step_of_its_lease(local_config):
+    from deploytasks.holder import Holder
+
+    marker = progress.record("deploy", "bbbbbbb", "green", OWNER, "started", since=900)
+    lock = {"token": "tok-1", "user": "alice", "since": 900}
+    dead = Holder(info=lock, verdict="dead", session="gone", lease_age=60, step="ready: green")
+    [problem] = operations.problems(local_config, _serving(in_progress=marker, lock=lock, holder=dead))
+    assert problem.startswith("HALF-DONE: deploy bbbbbbb by alice@laptop stopped at step 'ready: green'")
+    alive = dataclasses.replace(dead, verdict="alive", session="alive", lease_age=2)
+    assert operations.problems(local_config, _serving(in_progress=marker, lock=lock, holder=alive)) == []
 
 
 def test_failed_deploys_in_status_say_where_and_why():

@@ -13,7 +13,7 @@ from deploytasks.errors import StepFailed
 from deploytasks.plan import Plan, Poll, Put, Step, Wait, cmd
 from deploytasks.remote import executor
 from deploytasks.remote.console import MASK, Console
-from deploytasks.remote.executor import Interrupt, Interrupted, Remote, execute
+from deploytasks.remote.executor import Detached, Interrupt, Interrupted, LockLost, Remote, execute
 from deploytasks.remote.transport import TransportError
 from harness.memory import MemoryTransport, Written
 
@@ -217,6 +217,36 @@ def test_a_dropped_connection_mid_step_fails_that_step_and_undo_failures_are_rep
                                   "[web1]    ! undo `undo a` failed: the connection failed"]
 
 
+def test_a_lost_connection_under_a_command_that_outlives_it_undoes_nothing(host):
+    """A tracked migration keeps running on the host: undoing under it (removing its release,
+    restarting the old colour on a half-migrated schema) is worse than leaving the host as it is."""
+    a, migrate, logs = cmd("do", "a"), cmd("tracked", "migrate"), cmd("logs")
+    host.transport.drop(line(migrate))
+    with pytest.raises(Detached) as failed:
+        execute(host.remote, plan(Step("prepare", (a,), undo=(cmd("undo", "a"),)),
+                                  Step("migrate", (migrate,), undo=(cmd("undo", "m"),), diagnose=(logs,),
+                                       outlives_connection=True),
+                                  Step("start", (cmd("do", "start"),))))
+    assert isinstance(failed.value, StepFailed) and failed.value.completed == ["prepare"]
+    assert str(failed.value) == "web1: migrate: connection dropped (memory transport)"
+    assert host.transport.commands == lines(a, migrate), "no diagnosis, no undo"
+
+
+def test_a_deploy_whose_lock_was_taken_stops_before_its_next_command_and_undoes_nothing(host):
+    a, b = cmd("do", "a"), cmd("do", "b")
+    host.transport.on(line(a), lambda: setattr(host.interrupt, "lost", "web1: the deploy lock is no longer ours"))
+    with pytest.raises(LockLost, match="^web1: the deploy lock is no longer ours$") as failed:
+        execute(host.remote, plan(Step("prepare", (a,), undo=(cmd("undo", "a"),)), Step("upload", (b,))))
+    assert host.transport.commands == [line(a)] and failed.value.completed == ["prepare"]
+
+
+def test_the_running_step_is_known_for_the_lease(host):
+    seen = []
+    host.transport.on("do a", lambda: seen.append(host.remote.step))
+    execute(host.remote, plan(Step("prepare", (cmd("do", "a"),), label="prepare release")))
+    assert seen == ["prepare release"]
+
+
 def test_a_put_the_connection_drops_on_fails_its_step_and_undo_runs(host):
     put = Put("/srv/app/site.conf", b"server {}\n")
     host.transport.drop(call=2)  # the put: a broken channel, the connection itself survives
@@ -328,10 +358,3 @@ def test_undo_when_no_connection_can_be_had_stops_at_the_barrier():
                              Step("verify", (cmd("curl", "version"),))))
     assert not failed.value.undone
     assert broken.commands.count("rm") == 0 and "cannot reconnect: host unreachable" in out.getvalue()
-
-
-def test_on_step_runs_before_each_step(host):
-    seen = []
-    execute(host.remote, plan(Step("prepare", (cmd("a"),)), Step("cleanup", (cmd("b"),), best_effort=True)),
-            on_step=lambda step: seen.append((step.phase, list(host.transport.commands))))
-    assert seen == [("prepare", []), ("cleanup", ["a"])]

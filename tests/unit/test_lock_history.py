@@ -1,7 +1,9 @@
 """lock and history: the text a user sees, and the argv that reaches the host."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -9,8 +11,8 @@ import time
 
 import pytest
 
-from deploytasks import history, lock
-from deploytasks.errors import LockHeld
+from deploytasks import history, holder, lock
+from deploytasks.errors import ConfigError, LockHeld
 from deploytasks.layout import Layout
 
 LAYOUT = Layout("/srv/example", "web")
@@ -23,24 +25,77 @@ linux_sh = pytest.mark.skipif(not sys.platform.startswith("linux") or not shutil
 @pytest.mark.parametrize("age, shown", [(0, "0s"), (45, "45s"), (119, "119s"), (120, "2m"), (7199, "119m"),
                                         (7200, "2h00m"), (3 * 3600 + 5 * 60 + 9, "3h05m")])
 def test_describe_names_holder_task_sha_and_age(age, shown):
-    assert lock.describe(INFO, now=1_000_000 + age) == f"held by alice@laptop (deploy abc1234) for {shown}"
+    assert holder.describe(INFO, now=1_000_000 + age) == f"held by alice@laptop (deploy abc1234) for {shown}"
 
 
 def test_describe_with_little_information():
-    assert lock.describe(None, now=5) == "held by someone@? (a task) for 0s"
-    assert lock.describe({"since": 100, "task": "rollback", "sha": None}, now=400) == \
+    assert holder.describe(None, now=5) == "held by someone@? (a task) for 0s"
+    assert holder.describe({"since": 100, "task": "rollback", "sha": None}, now=400) == \
         "held by someone@? (rollback) for 5m"
-    assert lock.describe({"since": 200}, now=100).endswith("for 0s")  # clock skew: never negative
+    assert holder.describe({"since": 200}, now=100).endswith("for 0s")  # clock skew: never negative
 
 
-def test_held_error_names_everything_and_the_way_out():
-    error = lock.held_error("web1.example.com", INFO, now=1_000_000 + 600)
+def test_held_error_of_an_unjudged_lock_names_everything_and_the_way_out():
+    error = holder.held_error("web1.example.com", holder.Holder(INFO), now=1_000_000 + 600)
     assert isinstance(error, LockHeld)
-    text = str(error)
-    for part in ("web1.example.com", "alice", "laptop", "deploy", "abc1234", "10m", "--force-unlock"):
-        assert part in text
-    assert text == ("web1.example.com: deploy lock held by alice@laptop (deploy abc1234) for 10m; "
-                    "if that deploy is dead, rerun with --force-unlock")
+    assert str(error) == ("web1.example.com: deploy lock held by alice@laptop (deploy abc1234) for 10m; "
+                          "if that deploy is dead, rerun with --force-unlock")
+
+
+MIGRATION = holder.Command("migrate-r", "migration", 4242, 1_000_060, "shop-migrate-r", running=True)
+
+
+def test_parse_what_the_lock_scripts_print():
+    lines = ["noise", f"lock {json.dumps(INFO)}", "lock-session 77 gone", "lock-lease 95 start  green",
+             "lock-running migrate-r running 4242 1000060 shop-migrate-r migration", "lock-running half",
+             "lock-ended old 3 1000050 11 22 1000010 - migration", "lock-takeover", "lock-holder running 1000600",
+             "lock-holder bogus 1", "lock-taken-over"]
+    assert holder.parse(lines) == holder.Holder(
+        INFO, verdict="running", session="gone", lease_age=95, step="start  green",
+        commands=(MIGRATION, holder.Command("old", "migration", 11, 1_000_010, None, exit=3)),
+        takeover=True, taken_over=True)
+    assert holder.parse(["lock-holder dead 1"]) is None, "no lock line: no lock"
+    # read while the keeper moved its record: ended wins
+    moved = holder.parse(["lock {}", "lock-running m running 1 2 - migration", "lock-ended m 0 3 1 9 2 - migration"])
+    assert [(c.running, c.exit) for c in moved.commands] == [(False, 0)]
+
+
+def test_held_error_for_a_live_holder_offers_waiting():
+    found = holder.Holder(INFO, verdict="alive", session="alive", step="start green")
+    assert str(holder.held_error("web1", found, now=1_000_600)) == (
+        "web1: deploy lock held by alice@laptop (deploy abc1234) for 10m (its holder is alive: its connection is "
+        "open, last step: start green); --lock-wait SECONDS waits for it; --force-unlock only if you know that "
+        "deploy is dead")
+    assert "(waited 30s);" in str(holder.held_error("web1", found, now=1_000_600, waited=30.2))
+
+
+def test_held_error_for_a_dead_holder_whose_migration_runs():
+    found = holder.Holder(INFO, verdict="running", step="migrate", commands=(MIGRATION,))
+    assert str(holder.held_error("web1", found, now=1_000_600)) == (
+        "web1: deploy lock held by a dead deploy whose migration is still running (pid 4242 / container "
+        "shop-migrate-r, since 1970-01-12T13:47:40Z): alice@laptop (deploy abc1234) for 10m, last step: migrate; "
+        "the next deploy takes the lock over once it has ended (--lock-wait SECONDS waits for that; "
+        "--force-unlock --force breaks the lock anyway)")
+
+
+def test_takeover_and_force_lines():
+    ended = dataclasses.replace(MIGRATION, running=False, exit=0)
+    found = holder.Holder(INFO, verdict="dead", step="migrate", commands=(ended,), taken_over=True)
+    assert holder.took_over(found, now=1_000_600) == (
+        "took over the deploy lock of a dead deploy: alice@laptop (deploy abc1234), held since "
+        "1970-01-12T13:46:40Z (10m), last step: migrate; its migration had ended (exit 0)")
+    assert holder.forced(None, 0) == "--force-unlock: there was no deploy lock"
+    assert holder.forced(holder.Holder(INFO, verdict="alive", session="alive"), now=1_000_600) == (
+        "deploy lock removed (--force-unlock): it was held by alice@laptop (deploy abc1234) for 10m "
+        "(its holder is alive: its connection is open)")
+    assert holder.forced(holder.Holder(INFO, verdict="running", commands=(MIGRATION,)), now=1_000_600).endswith(
+        "for 10m; its migration was still running (pid 4242 / container shop-migrate-r, since 1970-01-12T13:47:40Z)")
+    refused = str(holder.force_refused("web1", holder.Holder(INFO, verdict="running", commands=(MIGRATION,)),
+                                       now=1_000_600))
+    assert refused.startswith("web1: --force-unlock refuses to break the deploy lock (held by alice@laptop")
+    assert refused.endswith("its migration is still running (pid 4242 / container shop-migrate-r, since "
+                            "1970-01-12T13:47:40Z); wait for it to end (the next deploy then takes the lock over) "
+                            "or add --force to break it anyway")
 
 
 def test_owner_records_who_and_when():
@@ -54,41 +109,52 @@ def test_owner_records_who_and_when():
 
 # --- lock argv -----------------------------------------------------------------------------------
 
+HEAD = ("/srv/example/state/lock", str(lock.LEASE_BOUND), "info.json", "session", "lease", "running", "ended",
+        "output", "takeover")
+
+
 def test_acquire_argv_passes_values_as_separate_arguments():
     info = dict(INFO, user="mallory'; rm -rf / #", sha="$(id)")
     argv = lock.acquire_argv(LAYOUT, info)
     assert argv[:2] == ("sh", "-c") and argv[3] == "sh"
-    assert argv[2] == lock._ACQUIRE
-    assert argv[4:] == ("/srv/example/state/lock", "info.json", json.dumps(info, sort_keys=True))
+    assert argv[2] == lock._ACQUIRE and argv[2].startswith(lock.INSPECT)
+    assert argv[4:] == (*HEAD, json.dumps(info, sort_keys=True))
     assert "mallory" not in argv[2] and "$(id)" not in argv[2]
-    assert json.loads(argv[6]) == info
+    assert json.loads(argv[-1]) == info
 
 
-def test_release_argv_removes_only_our_lock():
-    argv = lock.release_argv(LAYOUT, INFO)
-    assert argv == ("sh", "-c", lock._RELEASE, "sh", "/srv/example/state/lock", "/srv/example/state/lock/info.json",
-                    "tok-1")
-    assert lock.force_release_argv(LAYOUT) == ("rm", "-rf", "/srv/example/state/lock")
+def test_release_force_and_renew_argv():
+    assert lock.release_argv(LAYOUT, INFO) == ("sh", "-c", lock._RELEASE, "sh", *HEAD, "tok-1")
+    assert lock.force_release_argv(LAYOUT) == ("sh", "-c", lock._FORCE_RELEASE, "sh", *HEAD, "no")
+    assert lock.force_release_argv(LAYOUT, force=True)[-1] == "yes"
+    assert lock.renew_argv(LAYOUT, INFO, "start  green\n") == (
+        "sh", "-c", lock._RENEW, "sh", "/srv/example/state/lock/info.json", "/srv/example/state/lock/lease", "tok-1",
+        "start green")  # one line: the lease holds the step as one word run
+    assert lock.renew_argv(LAYOUT, INFO, None)[-1] == ""
 
 
-@linux_sh
-def test_lock_scripts_work_in_a_real_shell(tmp_path):
-    layout = Layout(str(tmp_path / "srv"), "web")
-    mine, theirs = lock.owner("deploy", "abc1234"), dict(INFO)
+@pytest.mark.parametrize("options, policy", [
+    ({}, lock.Policy()),
+    ({"force_unlock": True}, lock.Policy(force_unlock=True)),
+    ({"force_unlock": True, "force": True}, lock.Policy(True, True)),
+    ({"wait": "90"}, lock.Policy(wait=90.0)),
+    ({"wait": 2.5}, lock.Policy(wait=2.5)),
+    ({"wait": None}, lock.Policy()),
+])
+def test_policy_of_the_lock_options(options, policy):
+    assert lock.policy(**options) == policy
 
-    first = subprocess.run(lock.acquire_argv(layout, theirs), capture_output=True, text=True, timeout=10)
-    assert first.returncode == 0
-    second = subprocess.run(lock.acquire_argv(layout, mine), capture_output=True, text=True, timeout=10)
-    assert second.returncode == lock.HELD_EXIT
-    assert json.loads(second.stdout.strip().splitlines()[-1]) == theirs  # the holder is named
-    assert list((tmp_path / "srv" / "state").iterdir()) == [tmp_path / "srv" / "state" / "lock"]  # no leftovers
 
-    # releasing with someone else's token leaves the lock alone
-    subprocess.run(lock.release_argv(layout, mine), check=True, timeout=10)
-    assert (tmp_path / "srv" / "state" / "lock" / "info.json").is_file()
-    subprocess.run(lock.release_argv(layout, theirs), check=True, timeout=10)
-    assert not (tmp_path / "srv" / "state" / "lock").exists()
-    assert subprocess.run(lock.acquire_argv(layout, mine), timeout=10).returncode == 0
+@pytest.mark.parametrize("options, message", [
+    ({"force": True}, "--force goes with --force-unlock"),
+    ({"wait": "abc"}, "--lock-wait takes seconds from 0 to 86400, not 'abc'"),
+    ({"wait": "-5"}, "--lock-wait takes seconds"),
+    ({"wait": "1e9"}, "--lock-wait takes seconds"),
+    ({"wait": "nan"}, "--lock-wait takes seconds"),
+])
+def test_policy_refuses_bad_lock_options(options, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        lock.policy(**options)
 
 
 # --- history --------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ from deploytasks import facts, releases
 from deploytasks.backends import containers
 from deploytasks.errors import DeployError
 from deploytasks.facts import HostState
+from deploytasks.layout import Layout
 from deploytasks.plan import Cmd, Plan, Poll, Put, Step, Wait, cmd, sh
+from deploytasks.tracked import tracked
 
 ROOT = "/srv/example"
 HOSTILE_APP_ENV = {
@@ -109,8 +111,12 @@ def test_deploy_commands_target_the_new_colour_and_release(local_config, blue_li
                       "-f", f"{new}/compose/compose.yml", "-f", f"{new}/compose.deploy.yml")
     pull = _step(plan, "pull images").actions[0]
     assert pull.argv == (*compose_prefix, "pull", "web") and pull.stream
-    migrate = _step(plan, "migrate").actions[0]
-    assert migrate.argv == (*compose_prefix, "run", "--rm", "--no-deps", "-T", "web", "python3", "/app/app.py", "migrate")
+    migrate = _step(plan, "migrate")
+    name = f"example-migrate-{REL_NEW.lower()}"  # the one-off container, named so the lock can find it
+    assert migrate.actions[0].argv == tracked(Layout.of(local_config), f"migrate-{REL_NEW}", "migration", (
+        *compose_prefix, "run", "--rm", "--name", name, "--no-deps", "-T", "web", "python3", "/app/app.py", "migrate"),
+        container=name)
+    assert migrate.actions[0].stream and migrate.outlives_connection and not migrate.undo
     start = _step(plan, "start green")
     assert start.actions[0].argv == ("rm", "-f", f"{ROOT}/run/green/web.sock")
     assert start.actions[1].argv == (*compose_prefix, "up", "-d", "--no-deps", "--force-recreate", "--wait",

@@ -30,6 +30,7 @@ from deploytasks.facts import HostState
 from deploytasks.layout import RELEASE_META, Layout
 from deploytasks.plan import Cmd, Plan, Poll, Put, Step, Wait, cmd, sh
 from deploytasks.source import Source
+from deploytasks.tracked import tracked
 
 ROOT = "/srv/example-proc"
 SITE = "/var/lib/deploytasks-testbed/nginx/conf.d/example-proc.conf"
@@ -407,8 +408,10 @@ def test_deploy_step_details(process_config, first_state):
     assert _named(build) == {"release": new, "previous": "", "ours": ".deploytasks", "output": "static",
                              "hash": "bld0123456789abc", "reuse": "no", "rest": ("sh", "build.sh")}  # no previous release
 
-    migrate = _step(plan, "migrate").actions[0]
-    assert migrate.argv == (f"{new}/.deploytasks/run", "python3", "app.py", "migrate") and migrate.stream
+    migrate = _step(plan, "migrate")
+    assert migrate.actions[0].argv == tracked(Layout.of(process_config), f"migrate-{REL_NEW}", "migration",
+                                              (f"{new}/.deploytasks/run", "python3", "app.py", "migrate"))
+    assert migrate.actions[0].stream and migrate.outlives_connection
 
     cleanup = plan.steps[-1]
     assert cleanup.best_effort

@@ -110,6 +110,47 @@ def test_missing_image_stops_before_connecting(bad_root, monkeypatch):
     assert called == []
 
 
+LOCK_TASKS = {
+    "deploy": lambda **options: tasks.deploy(Context(), "abc1234", env="good", **options),
+    "rollback": lambda **options: tasks.rollback(Context(), env="good", **options),
+    "maintenance-on": lambda **options: tasks.maintenance_on(Context(), env="good", **options),
+    "maintenance-off": lambda **options: tasks.maintenance_off(Context(), env="good", **options),
+}
+
+
+@pytest.mark.parametrize("task", LOCK_TASKS)
+@pytest.mark.parametrize("options, message", [
+    ({"force": True}, "error: --force goes with --force-unlock"),
+    ({"lock_wait": "soon"}, "error: --lock-wait takes seconds from 0 to 86400, not 'soon'"),
+    ({"lock_wait": "-1"}, "error: --lock-wait takes seconds"),
+], ids=["force-alone", "lock-wait-words", "lock-wait-negative"])
+def test_lock_options_are_checked_before_connecting(no_network, bad_root, task, options, message):
+    exit_ = _exit_of(lambda: LOCK_TASKS[task](**options))
+    assert exit_.code == 1 and exit_.message.startswith(message)
+    assert no_network == []
+
+
+@pytest.mark.parametrize("task, operation", [("deploy", "deploy"), ("rollback", "rollback"),
+                                             ("maintenance-on", "set_maintenance"),
+                                             ("maintenance-off", "set_maintenance")])
+def test_lock_options_reach_the_operation(bad_root, monkeypatch, task, operation):
+    seen = {}
+    monkeypatch.setattr(operations, operation, lambda *args, **options: seen.update(options))
+    LOCK_TASKS[task](force_unlock=True, force=True, lock_wait="120")
+    assert (seen["force_unlock"], seen["force"], seen["lock_wait"]) == (True, True, "120")
+
+
+def test_lock_options_on_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "invoke", "--help", "deploy"], cwd=REPO, capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    for flag in ("--force-unlock", "--force ", "--lock-wait=STRING"):
+        assert flag in out, out
+    for name in ("rollback", "maintenance-on", "maintenance-off"):
+        out = subprocess.run([sys.executable, "-m", "invoke", "--help", name], cwd=REPO, capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        assert "--force " in out and "--lock-wait" in out, (name, out)
+
+
 def test_fab_host_outside_the_environment(no_network, bad_root):
     class HostContext(Context):
         host = "elsewhere.example.com"
