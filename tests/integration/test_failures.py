@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploytasks import deploys, operations, phases, releases
+from deploytasks import deploys, lock, operations, phases, releases
 from deploytasks.backends.containers import Containers
 from deploytasks.errors import DeployError, StepFailed
 from deploytasks.layout import Layout
@@ -48,7 +48,7 @@ def test_a_switch_that_cannot_be_undone_keeps_the_new_colour_serving(fresh_host,
 
     try:
         with pytest.raises(StepFailed) as failed:
-            operations._each_host(target, "deploy", new, plan_for, dry_run=False, force_unlock=False, echo=print)
+            operations._each_host(target, "deploy", new, plan_for, dry_run=False, policy=lock.Policy(), echo=print)
         out = capsys.readouterr().out
         assert not failed.value.undone and "traffic could not be put back" in str(failed.value)
         assert "switch to green could not be undone: the undos before it are skipped" in out
