@@ -15,7 +15,7 @@ from .config import Config
 from .remote.connection import connect
 from .remote.console import Console
 from .errors import ConfigError, ConnectError, DeployError, StepFailed
-from .remote.executor import Interrupt, Interrupted, Remote, execute, interruptible
+from .remote.executor import Interrupt, Interrupted, Remote, ending, execute, interruptible
 from .remote.transport import TransportError
 from .facts import HostState, json_object, parse, read_command, release_sha
 from .layout import Layout
@@ -34,7 +34,8 @@ class Target:
 @contextmanager
 def session(target: Target, host: str, interrupt: Interrupt | None = None):
     console = Console(host, target.config.secrets())
-    remote = Remote(connect(target.config, host, accept_new_host_key=target.accept_new_host_key), console, interrupt)
+    remote = Remote(connect(target.config, host, accept_new_host_key=target.accept_new_host_key), console, interrupt,
+                    command_timeout=target.config.timeout_command)
     try:
         yield remote
     finally:
@@ -48,7 +49,7 @@ def read_state(remote: Remote, layout: Layout) -> HostState:
 @contextmanager
 def locked(remote: Remote, layout: Layout, task: str, sha: str | None, force_unlock: bool = False):
     """Hold the host's deploy lock for the block; released on every way out but a hard abort
-    (a second Ctrl-C), where the host may still be running a command."""
+    (a second Ctrl-C or SIGTERM), where the host may still be running a command."""
     if force_unlock:
         remote.check(lock.force_release_argv(layout), "removing the deploy lock")
         remote.console("! deploy lock removed (--force-unlock)")
@@ -58,7 +59,8 @@ def locked(remote: Remote, layout: Layout, task: str, sha: str | None, force_unl
         holder = json_object(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "")
         raise lock.held_error(remote.host, holder, time.time())
     if not result.ok:
-        raise StepFailed(f"{remote.host}: cannot take the deploy lock: {result.stderr.strip()[:200]}")
+        reason = f"taking it {ending(result)}" if result.timed_out else result.stderr.strip()[:200]
+        raise StepFailed(f"{remote.host}: cannot take the deploy lock: {reason}")
     aborted = False
     try:
         yield info
