@@ -41,6 +41,8 @@ class Config:
     ssh_key: str
     known_hosts: str
     connect_timeout: float
+    ssh_alive_seconds: float
+    ssh_alive_count: int
     deploy_path: str
     compose_files: tuple[Path, ...]
     stateless: tuple[str, ...]
@@ -58,12 +60,21 @@ class Config:
     health_interval: float
     drain_timeout: float
     migrate_command: tuple[str, ...]
+    timeout_command: float
+    timeout_pull: float
+    timeout_migrate: float
+    timeout_stop: float
     keep_releases: int
     app_env: dict[str, str] = field(repr=False)
     maintenance_allow: tuple[str, ...] = ()
     processes: "ProcessConfig | None" = None
     site_template: Path = PACKAGED_TEMPLATES / TEMPLATES["site"]
     maintenance_page: Path = PACKAGED_TEMPLATES / TEMPLATES["maintenance"]
+
+    @property
+    def stop_grace(self) -> int:
+        """Seconds a stopping colour gets to finish its requests before SIGKILL."""
+        return int(self.drain_timeout) + 5
 
     def secrets(self) -> list[str]:
         """Values never to print: app env values whose key looks secret, and passwords in URLs."""
@@ -86,6 +97,8 @@ class ProcessConfig:
     build_output: str
     shared_paths: tuple[str, ...]
     supervisor: str
+    timeout_dependencies: float
+    timeout_build: float
 
 
 def env_file(root: Path, env: str) -> Path:
@@ -157,6 +170,8 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
         ssh_key=values["SSH_KEY"],
         known_hosts=values["KNOWN_HOSTS"],
         connect_timeout=values["CONNECT_TIMEOUT"],
+        ssh_alive_seconds=values["SSH_ALIVE_SECONDS"],
+        ssh_alive_count=values["SSH_ALIVE_COUNT"],
         deploy_path=values["DEPLOY_PATH"] or f"/srv/{app_name}",
         compose_files=compose_files,
         stateless=stateless,
@@ -174,6 +189,10 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
         health_interval=values["HEALTH_INTERVAL"],
         drain_timeout=values["DRAIN_TIMEOUT"],
         migrate_command=values["MIGRATE_COMMAND"],
+        timeout_command=values["TIMEOUT_COMMAND"],
+        timeout_pull=values["TIMEOUT_PULL"],
+        timeout_migrate=values["TIMEOUT_MIGRATE"],
+        timeout_stop=values["TIMEOUT_STOP"] or values["DRAIN_TIMEOUT"] + keys.STOP_MARGIN,
         keep_releases=values["KEEP_RELEASES"],
         app_env=app_env,
         maintenance_allow=values["MAINTENANCE_ALLOW"],
@@ -212,6 +231,9 @@ def _check_consistency(config: "Config", problems: list[str]) -> None:
     paths = {"HEALTH_PATH": config.health_path, "READY_PATH": config.ready_path, "VERSION_PATH": config.version_path}
     if len(set(paths.values())) != len(paths):
         problems.append("HEALTH_PATH, READY_PATH, VERSION_PATH: must be three different paths")
+    if config.timeout_stop <= config.stop_grace:
+        problems.append(f"TIMEOUT_STOP: {config.timeout_stop:g} leaves no time to stop a colour: it gets "
+                        f"DRAIN_TIMEOUT + 5 = {config.stop_grace}s before SIGKILL")
     socket = f"{config.deploy_path}/run/green/{config.web_service or 'web'}.sock"
     if len(socket) > SOCKET_PATH_MAX:
         problems.append(f"DEPLOY_PATH: too long for a unix socket path ({socket} is {len(socket)} bytes, "
@@ -242,6 +264,8 @@ def _processes(root: Path, values: dict, problems: list[str]) -> ProcessConfig:
         build_output=values["BUILD_OUTPUT"],
         shared_paths=shared,
         supervisor=values["SUPERVISOR"],
+        timeout_dependencies=values["TIMEOUT_DEPENDENCIES"],
+        timeout_build=values["TIMEOUT_BUILD"],
     )
 
 

@@ -71,13 +71,17 @@ class Choice:
 
 @dataclass(frozen=True)
 class Number:
-    """A number within low..high (a bad one reads as `low`, so later checks still run)."""
+    """A number within low..high (a bad one reads as `low`, so later checks still run). `blank`:
+    empty reads as None, for a default config.py computes from other keys."""
 
     low: float
     high: float
+    blank: bool = False
     whole = False
 
-    def __call__(self, key: str, value: str, problems: list[str]) -> float:
+    def __call__(self, key: str, value: str, problems: list[str]) -> float | None:
+        if self.blank and not value:
+            return None
         kind = int if self.whole else float
         try:
             number = kind(value)
@@ -214,6 +218,11 @@ URL_PATH = Match(URL_PATH_RE, "a URL path")
 SERVICES = Items(SERVICE_RE, "compose service names")
 REL_PATH = Match(REL_PATH_RE, "a relative path without '..'")
 REL_PATHS = Items(REL_PATH_RE, "relative paths")
+# Every remote command runs under a bound (TIMEOUT_*): the host stops it, so a hung registry or
+# migration cannot hold the deploy lock for hours.
+TIMEOUT_MAX = 86400
+TIMEOUT = Number(1, TIMEOUT_MAX)
+STOP_MARGIN = 30  # TIMEOUT_STOP's default above DRAIN_TIMEOUT: the grace before SIGKILL, then the kill itself
 
 # One entry per key, in the README's order. IMAGES stands for the IMAGE_<SERVICE> keys, one per
 # stateless service: which exist depends on STATELESS_SERVICES, so config.py reads them.
@@ -239,6 +248,12 @@ KEYS: tuple[Key, ...] = (
         "the only host keys trusted; an unknown key is refused (see `--accept-new-host-key`)"),
     Key("CONNECT_TIMEOUT", "10", Number(1, 300),
         "seconds to reach a host and finish the SSH handshake"),
+    Key("SSH_ALIVE_SECONDS", "5", Number(1, 300),
+        "seconds between keepalive requests the host must answer; with no answer for `SSH_ALIVE_COUNT` of "
+        "these intervals the connection is declared dead and closed, so a silent network cut fails the "
+        "running step in seconds"),
+    Key("SSH_ALIVE_COUNT", "3", Integer(1, 100),
+        "keepalive intervals without an answer before the connection is declared dead"),
     Key("DEPLOY_PATH", "", HostPath(),
         "the app's directory on the host (layout below)", shown="`/srv/<APP_NAME>`"),
     Key("COMPOSE_FILES", "compose/compose.yml", Items(),
@@ -275,6 +290,18 @@ KEYS: tuple[Key, ...] = (
     Key("MIGRATE_COMMAND", "", Command(),
         "command run in a one-off container of the new web image before any traffic moves",
         shown="empty (no migrations)"),
+    Key("TIMEOUT_COMMAND", "120", TIMEOUT,
+        "seconds any remote command without a bound of its own may run (reading the host's state, the lock, "
+        "links, the nginx site, cleanup, each readiness probe)"),
+    Key("TIMEOUT_PULL", "600", TIMEOUT,
+        "seconds `docker compose pull` may run (and the start of the stateful services, which may pull "
+        "their images)"),
+    Key("TIMEOUT_MIGRATE", "1800", TIMEOUT,
+        "seconds `MIGRATE_COMMAND` may run"),
+    Key("TIMEOUT_STOP", "", Number(1, TIMEOUT_MAX, blank=True),
+        "seconds stopping a colour may take (drain, undoing a start, a systemd restart); more than "
+        "`DRAIN_TIMEOUT` + 5, the graceful stop before SIGKILL",
+        shown=f"`DRAIN_TIMEOUT` + {STOP_MARGIN}"),
     Key("KEEP_RELEASES", "5", Integer(2, 100),
         "release directories kept on each host (never fewer than the two colours' and `current`)"),
     Key("APP_ENV_FILE", "", LocalPath(),
@@ -310,6 +337,10 @@ KEYS: tuple[Key, ...] = (
         "paths linked from `shared/` into every release", group=PROCESSES),
     Key("SUPERVISOR", "auto", Choice(SUPERVISORS),
         "`auto` (systemd if the host runs it, else pid files), `systemd` or `pidfile`", group=PROCESSES),
+    Key("TIMEOUT_DEPENDENCIES", "900", TIMEOUT,
+        "seconds creating a virtualenv and `pip install` may take", group=PROCESSES),
+    Key("TIMEOUT_BUILD", "1800", TIMEOUT,
+        "seconds `BUILD_COMMAND` may run", group=PROCESSES),
 )
 
 # the keys an env file may set by name (the IMAGE_<SERVICE> keys aside)

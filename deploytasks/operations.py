@@ -36,10 +36,11 @@ class Target:
 def session(target: Target, host: str, interrupt: Interrupt | None = None):
     console = Console(host, target.config.secrets())
 
+
     def reopen():  # a fresh connection for undos after this one broke
         return connect(target.config, host, accept_new_host_key=target.accept_new_host_key)
 
-    remote = Remote(reopen(), console, interrupt, reopen=reopen)
+    remote = Remote(reopen(), console, interrupt, reopen=reopen, command_timeout=target.config.timeout_command)
     try:
         yield remote
     finally:

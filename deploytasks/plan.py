@@ -5,6 +5,7 @@ executor runs; nothing here imports fabric or knows how a command reaches a host
 """
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass, field
 
@@ -13,15 +14,26 @@ from . import phases, shas
 
 @dataclass(frozen=True)
 class Cmd:
-    """One remote command. `unless`: skip it when that command succeeds (idempotence)."""
+    """One remote command. `unless`: skip it when that command succeeds (idempotence).
+    `timeout`: seconds the host lets it run, from the setting named by `timeout_key`; None: the
+    bound of every other command (TIMEOUT_COMMAND), which the executor applies."""
 
     argv: tuple[str, ...]
     unless: tuple[str, ...] | None = None
     stream: bool = False  # show output live (pulls, migrations) instead of only on failure
+    timeout: float | None = None
+    timeout_key: str = ""
+
+    def bounded(self, seconds: float, key: str) -> Cmd:
+        """This command with a bound of its own: `seconds`, set by the key `key`."""
+        return dataclasses.replace(self, timeout=seconds, timeout_key=key)
 
     def __str__(self) -> str:
+        notes = [f"unless: {shlex.join(self.unless)}"] if self.unless else []
+        if self.timeout is not None:
+            notes.append(f"timeout: {self.timeout:g}s ({self.timeout_key})")
         line = shlex.join(self.argv)
-        return f"{line}    # unless: {shlex.join(self.unless)}" if self.unless else line
+        return f"{line}    # {'; '.join(notes)}" if notes else line
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
-"""An in-memory Transport: the executor's paths (failures, undo, Ctrl-C, a dropped connection)
-unit-tested without a host.
+"""An in-memory Transport: the executor's paths (failures, undo, Ctrl-C, a dropped connection,
+a command stopped at its bound or never answering) unit-tested without a host.
 
-It records every command and put in order, answers each command with the first answer that
-matches it (exit 0 and no output when none does), and breaks where a test says. A match is
-the exact command line, a regex searched in it, or a predicate on it; for a put, on its path.
+It records every command and put in order (and each command's bound), answers each command
+with the first answer that matches it (exit 0 and no output when none does), and breaks where
+a test says. A match is the exact command line, a regex searched in it, or a predicate on it;
+for a put, on its path. A command the host stops at its bound is its exit code, 124 or 137,
+once its bound has passed: `answer(match, exited=124)` plus an `on(match, ...)` that moves the
+test's clock on.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from deploytasks.remote.transport import Result, Sink, TransportError
+from deploytasks.remote.transport import Result, Sink, TransportError, Unanswered
 
 Match = str | re.Pattern | Callable[[str], bool]
 
@@ -44,11 +47,13 @@ class MemoryTransport:
     def __init__(self, host: str = "memory"):
         self.host = host
         self.calls: list[str | Written] = []  # every command and put, in order, failed ones included
+        self.bounds: list[tuple[str, float | None]] = []  # every command with the `timeout` it was given
         self.closed = False
         self.dropped = False  # a drop that stays happened: every call raises
         self._answers: list[_Answer] = []
         self._drops: list[tuple[Match | None, int | None, bool]] = []
         self._callbacks: list[tuple[Match, Callable[[], object]]] = []
+        self._stalls: list[Match] = []
 
     @property
     def commands(self) -> list[str]:
@@ -77,8 +82,17 @@ class MemoryTransport:
         self._callbacks.append((match, callback))
         return self
 
-    def run(self, command: str, *, out: Sink | None = None, err: Sink | None = None) -> Result:
+    def stall(self, match: Match) -> MemoryTransport:
+        """Matching commands never end: the caller's wait for them runs out (Unanswered)."""
+        self._stalls.append(match)
+        return self
+
+    def run(self, command: str, *, out: Sink | None = None, err: Sink | None = None,
+            timeout: float | None = None) -> Result:
+        self.bounds.append((command, timeout))
         self._call(command, command)
+        if any(_matches(match, command) for match in self._stalls):
+            raise Unanswered("no answer (memory transport)")
         result = self._answer(command)
         for sink, text in ((out, result.stdout), (err, result.stderr)):
             if sink is not None and text:

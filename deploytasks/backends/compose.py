@@ -73,7 +73,7 @@ def overlay(config: Config, compose: dict, layout: Layout, release_dir: str, sha
             "env_file": [f"{release_dir}/{APP_ENV}"],
             "environment": environment,
             "volumes": [f"{layout.run_dir(colour)}:{CONTAINER_RUN_DIR}"],
-            "stop_grace_period": f"{int(config.drain_timeout) + 5}s",
+            "stop_grace_period": f"{config.stop_grace}s",
             "labels": {"deploytasks.sha": sha, "deploytasks.colour": colour},
         }
         if spec.get("ports"):

@@ -19,6 +19,10 @@ from ..plan import Cmd, Put, Step, cmd, sh
 from ..tracked import tracked
 from . import compose
 
+# `up --wait` ends its own wait after HEALTH_TIMEOUT; the host's bound leaves time around it
+# for creating and starting the containers
+UP_MARGIN = 30
+
 
 class ContainerColour:
     """Compose commands for one colour of one release."""
@@ -38,7 +42,7 @@ class ContainerColour:
         """Bring the colour up and wait for its containers' health checks; undo removes what a
         deploy created, or stops again what a rollback started."""
         services = self.config.stateless
-        undo = self("rm", "-f", "-s", *services) if fresh else self("stop", "-t", "5", *services)
+        undo = self._stopping(self("rm", "-f", "-s", *services) if fresh else self("stop", "-t", "5", *services))
         # a recreated colour binds a fresh socket; one still running (a rollback after a failed
         # drain) keeps listening on the one it has
         fresh_socket = (cmd("rm", "-f", Layout.of(self.config).socket(self.colour)),) if fresh else ()
@@ -51,13 +55,17 @@ class ContainerColour:
     def _up(self, fresh: bool) -> Cmd:
         flags = ("--force-recreate",) if fresh else ()
         return self("up", "-d", "--no-deps", *flags, "--wait", "--wait-timeout",
-                    str(int(self.config.health_timeout)), *self.config.stateless)
+                    str(int(self.config.health_timeout)), *self.config.stateless
+                    ).bounded(int(self.config.health_timeout) + UP_MARGIN, "HEALTH_TIMEOUT")
 
     def ready(self) -> Step:
         return traffic.readiness(self.config, self.colour, diagnose=self.diagnostics())
 
     def stop(self) -> Cmd:
-        return self("stop", "-t", str(int(self.config.drain_timeout) + 5), *self.config.stateless)
+        return self._stopping(self("stop", "-t", str(self.config.stop_grace), *self.config.stateless))
+
+    def _stopping(self, command: Cmd) -> Cmd:
+        return command.bounded(self.config.timeout_stop, "TIMEOUT_STOP")
 
     def migrate(self) -> Step:
         """A one-off container of the new web image, before any traffic moves; named, and
@@ -67,7 +75,8 @@ class ContainerColour:
         run = self("run", "--rm", "--name", name, "--no-deps", "-T", self.config.web_service,
                    *self.config.migrate_command)
         return Step(phases.MIGRATE, (cmd(*tracked(Layout.of(self.config), record, "migration", run.argv, name),
-                                         stream=True),), outlives_connection=True)
+                                         stream=True).bounded(self.config.timeout_migrate, "TIMEOUT_MIGRATE"),),
+                    outlives_connection=True)
 
 
 def check_images(config: Config, sha: str) -> None:
@@ -94,15 +103,17 @@ class Containers:
         shared = ContainerColour(config, "shared", new.release, project=compose.project(config))
         steps = [
             _upload_step(_uploads(config, model, new.dir, self.sha, new.colour)),
-            Step(phases.PULL, (new("pull", *config.stateless, stream=True),), label="pull images"),
+            Step(phases.PULL, (new("pull", *config.stateless, stream=True).bounded(config.timeout_pull, "TIMEOUT_PULL"),),
+                 label="pull images"),
             Step(phases.NETWORKS, tuple(
                 cmd("docker", "network", "create", name, unless=("docker", "network", "inspect", name))
                 for name in compose.shared_networks(config, model).values()
             )),
         ]
         if config.stateful:
-            steps.append(Step(phases.STATEFUL, (shared("up", "-d", "--no-recreate", *config.stateful),),
-                              label="stateful services"))
+            # the first start pulls the stateful services' images: bounded like a pull
+            up = shared("up", "-d", "--no-recreate", *config.stateful).bounded(config.timeout_pull, "TIMEOUT_PULL")
+            steps.append(Step(phases.STATEFUL, (up,), label="stateful services"))
         return steps
 
     def freed(self, state: HostState, doomed: list[str], kept: list[str]) -> tuple[Cmd, ...]:

@@ -178,8 +178,8 @@ class Gunicorn:
 
     def restart(self) -> tuple[Cmd, ...]:
         fresh_socket = cmd("rm", "-f", self.layout.socket(self.colour))
-        if self.systemd:
-            return fresh_socket, cmd("systemctl", "restart", self.unit)
+        if self.systemd:  # a restart stops the colour first, if it runs
+            return fresh_socket, self._stopping(cmd("systemctl", "restart", self.unit))
         return self.stop(), fresh_socket, cmd("sh", self.script, "--daemon")
 
     def migrate(self) -> Step:
@@ -187,13 +187,17 @@ class Gunicorn:
         deploy lock, and never writing to the connection, so a lost connection cannot kill it."""
         run = (f"{self.dir}/{RELEASE_META}/run", *self.config.migrate_command)
         record = f"{phases.MIGRATE}-{self.release}"
-        return Step(phases.MIGRATE, (cmd(*tracked(self.layout, record, "migration", run), stream=True),),
+        return Step(phases.MIGRATE, (cmd(*tracked(self.layout, record, "migration", run), stream=True
+                                         ).bounded(self.config.timeout_migrate, "TIMEOUT_MIGRATE"),),
                     outlives_connection=True)
 
     def stop(self) -> Cmd:
         if self.systemd:
-            return cmd("systemctl", "disable", "--now", self.unit)
-        return cmd(*sh(_STOP, self.pidfile, str(int(self.config.drain_timeout) + 5)))
+            return self._stopping(cmd("systemctl", "disable", "--now", self.unit))
+        return self._stopping(cmd(*sh(_STOP, self.pidfile, str(self.config.stop_grace))))
+
+    def _stopping(self, command: Cmd) -> Cmd:
+        return command.bounded(self.config.timeout_stop, "TIMEOUT_STOP")
 
     def diagnostics(self) -> tuple[Cmd, ...]:
         return (cmd("tail", "-n", "30", self.layout.log(self.colour)),)
@@ -214,7 +218,7 @@ def unit_file(config: Config) -> str:
         "Type=simple",
         f"ExecStart=/bin/sh {layout.start_script('%i')}",
         "KillSignal=SIGTERM",
-        f"TimeoutStopSec={int(config.drain_timeout) + 5}",
+        f"TimeoutStopSec={config.stop_grace}",
         "Restart=on-failure",
         "",
         "[Install]",
@@ -262,12 +266,12 @@ class Processes:
         steps.append(Step(phases.DEPENDENCIES, (cmd(*sh(
             _DEPENDENCIES, layout.venvs, f"{new.dir}/{processes.requirements}", processes.python,
             f"{new.dir}/{RELEASE_VENV}", reuse, timestamp(new.release), code.requirements_hash or "none"),
-            stream=True),)))
+            stream=True).bounded(processes.timeout_dependencies, "TIMEOUT_DEPENDENCIES"),)))
         if processes.build_command:
             previous = layout.release(state.release_of(state.live)) if state.release_of(state.live) else ""
             steps.append(Step(phases.BUILD, (cmd(*sh(_BUILD, new.dir, previous, RELEASE_META, processes.build_output,
                                                      code.build_hash, reuse, *processes.build_command),
-                                                 stream=True),)))
+                                                 stream=True).bounded(processes.timeout_build, "TIMEOUT_BUILD"),)))
         return steps
 
     def freed(self, state: HostState, doomed: list[str], kept: list[str]) -> tuple[Cmd, ...]:

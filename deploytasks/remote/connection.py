@@ -14,8 +14,7 @@ from fabric import Connection
 from ..config import Config
 from ..errors import ConnectError
 from .fabric_transport import FabricTransport
-
-KEEPALIVE_SECONDS = 15  # notice a dead connection instead of waiting on it forever
+from .keepalive import Keepalive
 
 
 def connect(config: Config, host: str, *, accept_new_host_key: bool = False) -> FabricTransport:
@@ -48,8 +47,8 @@ def connect(config: Config, host: str, *, accept_new_host_key: bool = False) -> 
     except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConnectError(f"{where}: unreachable: {reason}") from None
-    conn.transport.set_keepalive(KEEPALIVE_SECONDS)
-    return FabricTransport(conn)
+    # notice a dead connection in seconds instead of waiting on it until TCP gives up
+    return FabricTransport(conn, Keepalive(conn.transport, config.ssh_alive_seconds, config.ssh_alive_count).start())
 
 
 class _AppendNewKey(paramiko.MissingHostKeyPolicy):

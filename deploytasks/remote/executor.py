@@ -5,22 +5,26 @@ nothing of nginx, compose or gunicorn.
 """
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .console import Console
-from .transport import Result, Transport, TransportError
+from .transport import TIMED_OUT_EXITS, Result, Transport, TransportError, Unanswered
+from .. import keys
 from ..errors import DeployError, StepFailed
 from ..plan import Cmd, Plan, Poll, Put, Step, Wait
 
 TAIL_LINES = 15
 PROGRESS_EVERY = 10.0  # seconds between 'still waiting' lines of a poll
+COMMAND_TIMEOUT_KEY = "TIMEOUT_COMMAND"  # the bound of every command without one of its own
 
 
 class Interrupted(StepFailed):
@@ -45,29 +49,46 @@ class Outcome:
 
 class Interrupt:
     """Set by Ctrl-C or SIGTERM: the running command finishes, then the plan is undone and the
-    rollout stops before the next host. A second Ctrl-C aborts at once (the lock is then kept)."""
+    rollout stops before the next host. A second one, of either kind, aborts at once: the open
+    connections are cut (the running command stops waiting on the host) and the lock is kept."""
 
     def __init__(self):
         self.requested = False
         self.lost: str | None = None  # why the deploy lock is no longer ours (set by the lease)
+        self.aborted = False
+        self._cut: list[Callable[[], object]] = []  # close() of each open connection
 
     def __bool__(self) -> bool:
         return self.requested or self.lost is not None
 
+    def cut_on_abort(self, close: Callable[[], object]) -> None:
+        self._cut.append(close)
+
+    def abort(self) -> None:
+        """Close every connection, each from a thread of its own: this runs in a signal handler,
+        which may have interrupted the main thread inside the very lock a close needs."""
+        self.aborted = True
+        for close in self._cut:
+            threading.Thread(target=close, name="abort-close", daemon=True).start()
+
 
 class Remote:
     """One host behind one transport (an SSH connection), reused by every command of a task.
-    `reopen` opens a fresh one: undos must not give up because the connection they follow broke."""
+    Every command runs within a bound: its own (Cmd.timeout) or `command_timeout`. `reopen`
+    opens a fresh connection: undos must not give up because the connection they follow broke."""
 
     def __init__(self, transport: Transport, console: Console, interrupt: Interrupt | None = None,
-                 reopen: Callable[[], Transport] | None = None):
+                 reopen: Callable[[], Transport] | None = None,
+                 command_timeout: float = float(keys.BY_NAME[COMMAND_TIMEOUT_KEY].default)):
         self.transport, self.console, self.reopen = transport, console, reopen
+        self.command_timeout = command_timeout
         self.interrupt = interrupt if interrupt is not None else Interrupt()
+        self.interrupt.cut_on_abort(transport.close)
         self.step: str | None = None  # the step running now, for the lock's lease
 
     def reconnect(self) -> bool:
         """Replace the transport with a fresh one; False when that is impossible too."""
-        if self.reopen is None:
+        if self.reopen is None or self.interrupt.aborted:
             return False
         try:
             fresh = self.reopen()
@@ -79,6 +100,7 @@ class Remote:
         except Exception:  # the old one is broken: closing it may fail too
             pass
         self.transport = fresh
+        self.interrupt.cut_on_abort(fresh.close)
         self.console("   reconnected")
         return True
 
@@ -86,19 +108,35 @@ class Remote:
     def host(self) -> str:
         return self.transport.host
 
-    def run(self, argv: tuple[str, ...], *, stream: bool = False) -> Result:
-        if stream:
-            out, err = self.console.writer(), self.console.writer()
-            result = self.transport.run(shlex.join(argv), out=out, err=err)
-            out.flush(), err.flush()
-        else:
-            result = self.transport.run(shlex.join(argv))
+    def run(self, argv: tuple[str, ...], *, stream: bool = False, timeout: float | None = None,
+            timeout_key: str = "") -> Result:
+        """argv on the host, stopped there after `timeout` seconds (the key `timeout_key`; without
+        one, TIMEOUT_COMMAND). A command stopped at its bound comes back with `timed_out` set."""
+        seconds, key = (timeout, timeout_key) if timeout is not None else (self.command_timeout, COMMAND_TIMEOUT_KEY)
+        line, started = shlex.join(argv), time.monotonic()
+        try:
+            if stream:
+                out, err = self.console.writer(), self.console.writer()
+                result = self.transport.run(line, out=out, err=err, timeout=seconds)
+                out.flush(), err.flush()
+            else:
+                result = self.transport.run(line, timeout=seconds)
+        except Unanswered as error:
+            raise Unanswered(f"`{self.console.mask(line)[:120]}`: {error}, though the host stops it after "
+                             f"{seconds:g}s ({key}): the host or the connection is stuck") from error
+        # 124/137 is the bound only if the bound has passed: the command's own exit code otherwise
+        if result.exited in TIMED_OUT_EXITS and time.monotonic() - started >= seconds:
+            return dataclasses.replace(result, timed_out=f"{seconds:g}s ({key})")
         return result
+
+    def command(self, action: Cmd, *, stream: bool = False) -> Result:
+        """A plan's command, within its own bound."""
+        return self.run(action.argv, stream=stream, timeout=action.timeout, timeout_key=action.timeout_key)
 
     def check(self, argv: tuple[str, ...], what: str) -> str:
         result = self.run(argv)
         if not result.ok:
-            raise StepFailed(f"{self.host}: {what} failed (exit {result.exited})",
+            raise StepFailed(f"{self.host}: {what} {ending(result)}",
                              [self.console.mask(line) for line in tail(result)])
         return result.stdout
 
@@ -112,6 +150,11 @@ class Remote:
 def tail(result, lines: int = TAIL_LINES) -> list[str]:
     text = "\n".join(part for part in (result.stdout, result.stderr) if part and part.strip())
     return text.strip().splitlines()[-lines:]
+
+
+def ending(result: Result) -> str:
+    """How a failed command ended, as messages say it: its exit code, or the bound that stopped it."""
+    return f"timed out after {result.timed_out}" if result.timed_out else f"failed (exit {result.exited})"
 
 
 def execute(remote: Remote, plan: Plan) -> Outcome:
@@ -158,9 +201,10 @@ def _perform(remote: Remote, action) -> None:
     if isinstance(action, Cmd):
         if action.unless and remote.run(action.unless).ok:
             return
-        result = remote.run(action.argv, stream=action.stream)
+        result = remote.command(action, stream=action.stream)
         if not result.ok:
-            raise StepFailed(f"{remote.host}: `{remote.console.mask(str(action))[:200]}` failed (exit {result.exited})",
+            command = remote.console.mask(shlex.join(action.argv))[:200]
+            raise StepFailed(f"{remote.host}: `{command}` {ending(result)}",
                              [remote.console.mask(line) for line in tail(result)])
     elif isinstance(action, Put):
         remote.put(action)
@@ -191,8 +235,9 @@ def _poll(remote: Remote, poll: Poll) -> None:
 def _diagnose(remote: Remote, step: Step) -> None:
     for action in step.diagnose:
         result = _try(remote, action)
-        remote.console(f"   | $ {remote.console.mask(str(action))}"[:160])  # masked before it is cut
-        for line in tail(result, 40) if result else ["(could not run)"]:
+        remote.console(f"   | $ {remote.console.mask(shlex.join(action.argv))}"[:160])  # masked before it is cut
+        shown = tail(result, 40) + ([ending(result)] if result.timed_out else []) if result else ["(could not run)"]
+        for line in shown:
             remote.console(f"   | {remote.console.mask(line)}")
 
 
@@ -220,21 +265,22 @@ def _undo_action(remote: Remote, action: Cmd) -> bool:
     if result is not None and result.ok:
         return True
     if result is None and not remote.reconnect():
-        remote.console(f"   ! undo `{remote.console.mask(str(action))[:160]}` failed: the connection failed")
+        remote.console(f"   ! undo `{remote.console.mask(shlex.join(action.argv))[:160]}` failed: the connection failed")
         return False
     if result is not None:
         time.sleep(UNDO_RETRY_PAUSE)
     result = _try(remote, action)
     if result is not None and result.ok:
         return True
-    reason = " ".join(tail(result, 2)) if result is not None else "the connection failed"
-    remote.console(f"   ! undo `{remote.console.mask(str(action))[:160]}` failed: {remote.console.mask(reason)}")
+    reason = ("the connection failed" if result is None else ending(result) if result.timed_out
+              else " ".join(tail(result, 2)))
+    remote.console(f"   ! undo `{remote.console.mask(shlex.join(action.argv))[:160]}` failed: {remote.console.mask(reason)}")
     return False
 
 
 def _try(remote: Remote, action: Cmd) -> Result | None:
     try:
-        return remote.run(action.argv)
+        return remote.command(action)
     except TransportError:
         return None
 
@@ -254,7 +300,11 @@ def interruptible():
         return
 
     def handler(signum, frame):
-        if interrupt.requested and signum == signal.SIGINT:
+        if interrupt.requested:  # the second Ctrl-C or SIGTERM, of either kind
+            if not interrupt.aborted:
+                print("! interrupted again: aborting now, without undoing; the deploy lock is kept",
+                      file=sys.stderr, flush=True)
+                interrupt.abort()
             raise KeyboardInterrupt
         interrupt.requested = True
         print("! interrupted: finishing the current command, then undoing (Ctrl-C again to abort now)",

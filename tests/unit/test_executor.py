@@ -3,8 +3,11 @@ connection drops; run through the in-memory transport, with a fake clock, no hos
 from __future__ import annotations
 
 import io
+import os
 import re
 import shlex
+import signal
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -358,3 +361,139 @@ def test_undo_when_no_connection_can_be_had_stops_at_the_barrier():
                              Step("verify", (cmd("curl", "version"),))))
     assert not failed.value.undone
     assert broken.commands.count("rm") == 0 and "cannot reconnect: host unreachable" in out.getvalue()
+
+
+# --- bounds: every command runs within its timeout on the host --------------------------------------
+
+def test_every_command_goes_to_the_host_with_its_own_bound_or_timeout_command():
+    transport = MemoryTransport("web1")
+    remote = Remote(transport, Console("web1", stream=io.StringIO()), Interrupt(), command_timeout=45)
+    pull = cmd("docker", "compose", "pull", stream=True).bounded(600, "TIMEOUT_PULL")
+    link = cmd("ln", "-s", "a", "b", unless=("test", "-L", "b"))
+    stop = cmd("docker", "compose", "stop").bounded(40, "TIMEOUT_STOP")
+    probe = Poll(("curl", "-fsS", "http://127.0.0.1/ready"), timeout=5, interval=1)
+    transport.answer("test -L b", exited=1).answer("false", exited=1)
+    with pytest.raises(StepFailed):
+        execute(remote, plan(Step("pull", (pull,)), Step("switch", (link, probe), undo=(stop,)),
+                             Step("verify", (cmd("false"),), diagnose=(cmd("docker", "compose", "ps"),))))
+    assert transport.bounds == [("docker compose pull", 600), ("test -L b", 45), ("ln -s a b", 45),
+                                (line(probe), 45), ("false", 45), ("docker compose ps", 45),
+                                ("docker compose stop", 40)]
+
+
+def _stopped_at_its_bound(host, clock, command: str, seconds: float, exited: int = 124) -> None:
+    """The host's `timeout` ends `command` after `seconds`: that much time passes, then its exit code."""
+    host.transport.answer(command, exited=exited).on(command, lambda: clock.sleep(seconds))
+
+
+@pytest.mark.parametrize("exited", [124, 137], ids=["ended on TERM", "had to be killed"])
+def test_a_command_stopped_at_its_bound_fails_its_step_naming_the_key(host, clock, exited):
+    pull = cmd("docker", "compose", "pull", stream=True).bounded(600, "TIMEOUT_PULL")
+    undo = cmd("rm", "-rf", "/srv/app/releases/new")
+    _stopped_at_its_bound(host, clock, "docker compose pull", 600, exited)
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("prepare", (cmd("mkdir", "/srv/app"),), undo=(undo,)),
+                                  Step("pull", (pull,), label="pull images")))
+    assert str(failed.value) == "web1: `docker compose pull` timed out after 600s (TIMEOUT_PULL)"
+    assert host.transport.commands == ["mkdir /srv/app", "docker compose pull", line(undo)], "undone as any failure"
+
+
+def test_exit_124_before_the_bound_is_the_commands_own_exit_code(host):
+    host.transport.answer("check", exited=124)
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("verify", (cmd("check").bounded(600, "TIMEOUT_PULL"),))))
+    assert str(failed.value) == "web1: `check` failed (exit 124)"
+
+
+def test_a_command_without_a_class_is_stopped_at_timeout_command(host, clock):
+    _stopped_at_its_bound(host, clock, "nginx -s reload", 120)
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("nginx-site", (cmd("nginx", "-s", "reload"),))))
+    assert str(failed.value) == "web1: `nginx -s reload` timed out after 120s (TIMEOUT_COMMAND)"
+
+
+def test_reading_state_that_hangs_says_it_timed_out(host, clock):
+    _stopped_at_its_bound(host, clock, "sh -c 'docker ps'", 120, exited=137)
+    with pytest.raises(StepFailed, match=r"^web1: reading the host's state timed out after 120s \(TIMEOUT_COMMAND\)$"):
+        host.remote.check(("sh", "-c", "docker ps"), "reading the host's state")
+
+
+def test_a_timed_out_undo_or_diagnosis_says_so_and_the_rest_still_run(host, clock):
+    stop, remove = cmd("docker", "compose", "stop").bounded(40, "TIMEOUT_STOP"), cmd("rm", "-rf", "/srv/new")
+    host.transport.answer("start", exited=1)
+    _stopped_at_its_bound(host, clock, "docker compose stop", 40)
+    _stopped_at_its_bound(host, clock, "docker compose ps", 120)
+    with pytest.raises(StepFailed):
+        execute(host.remote, plan(Step("prepare", (cmd("mkdir", "/srv/new"),), undo=(remove,)),
+                                  Step("start", (cmd("start"),), undo=(stop,), diagnose=(cmd("docker", "compose", "ps"),))))
+    assert host.printed()[3:] == ["[web1]    | $ docker compose ps", "[web1]    | timed out after 120s (TIMEOUT_COMMAND)",
+                                  "[web1] <- undoing what this plan changed",
+                                  "[web1]    ! undo `docker compose stop` failed: timed out after 40s (TIMEOUT_STOP)"]
+    assert host.transport.commands[-1] == "rm -rf /srv/new"
+
+
+def test_a_command_never_answered_fails_its_step_naming_its_bound_and_undo_runs(host):
+    migrate = cmd("docker", "compose", "run", "web", "migrate", f"--token={SECRET}").bounded(1800, "TIMEOUT_MIGRATE")
+    host.transport.stall(re.compile("migrate"))
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("prepare", (cmd("mkdir", "/srv/new"),), undo=(cmd("rm", "-r", "/srv/new"),)),
+                                  Step("migrate", (migrate,))))
+    assert str(failed.value) == (f"web1: migrate: `docker compose run web migrate --token={MASK}`: no answer (memory "
+                                 "transport), though the host stops it after 1800s (TIMEOUT_MIGRATE): the host or the "
+                                 "connection is stuck")
+    assert host.transport.commands[-1] == "rm -r /srv/new"
+
+
+# --- Ctrl-C and SIGTERM, for real: signals sent to this process inside interruptible() ---------------
+
+def _signal(signum: int) -> None:
+    os.kill(os.getpid(), signum)  # the handler runs in this (the main) thread before os.kill returns to us
+
+
+def _closed(transport: MemoryTransport) -> bool:
+    """The abort closes connections from a thread of its own: give it a moment."""
+    for thread in [t for t in threading.enumerate() if t.name == "abort-close"]:
+        thread.join(5)
+    return transport.closed
+
+
+@pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGTERM),
+                                           (signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)],
+                         ids=["INT INT", "TERM TERM", "INT TERM", "TERM INT"])
+def test_the_second_signal_of_either_kind_aborts_at_once_and_says_so_once(capsys, first, second):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    transport = MemoryTransport("web1")
+    with executor.interruptible() as interrupt:
+        remote = Remote(transport, Console("web1", stream=io.StringIO()), interrupt)
+        _signal(first)
+        assert interrupt and not interrupt.aborted and not transport.closed, "the first only asks to stop"
+        with pytest.raises(KeyboardInterrupt):
+            _signal(second)
+        assert interrupt.aborted and _closed(transport), "the connection is cut: no command waits on the host"
+        with pytest.raises(KeyboardInterrupt):
+            _signal(signal.SIGTERM)  # a third is not needed, and says nothing more
+    assert capsys.readouterr().err.splitlines() == [
+        "! interrupted: finishing the current command, then undoing (Ctrl-C again to abort now)",
+        "! interrupted again: aborting now, without undoing; the deploy lock is kept"]
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    remote.close()
+
+
+def test_a_hard_abort_inside_the_lock_keeps_the_lock(local_config, capsys):
+    from deploytasks import operations
+    from deploytasks.layout import Layout
+
+    transport, out = MemoryTransport("web1"), io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        with executor.interruptible() as interrupt:
+            remote = Remote(transport, Console("web1", stream=out), interrupt)
+            with operations.locked(remote, Layout.of(local_config), "deploy", SHA):
+                _signal(signal.SIGTERM)
+                _signal(signal.SIGTERM)
+    assert "mktemp" in transport.commands[0], "taken"
+    assert not any('"$lock.$token"' in command for command in transport.commands), "never released"
+    assert _closed(transport)
+    assert out.getvalue().splitlines()[-1] == (
+        "[web1] ! aborted mid-step: the deploy lock is kept, as the host may be half-way through a command; "
+        "the next deploy takes it over once this connection is gone and nothing it registered still runs "
+        "(`status` shows it)")

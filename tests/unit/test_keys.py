@@ -18,7 +18,7 @@ SAMPLES = {
     "DEPLOY_PATH": "/srv/shop", "STATELESS_SERVICES": "web", "STATEFUL_SERVICES": "db", "WEB_SERVICE": "web",
     "MIGRATE_COMMAND": "python3 manage.py migrate", "APP_ENV_FILE": "app.env", "APP_ENV_PASSTHROUGH": "DB_PASSWORD",
     "MAINTENANCE_ALLOW": "10.1.0.0/16,192.0.2.7", "SOURCE_PATH": "app", "BUILD_COMMAND": "make assets",
-    "BUILD_INPUTS": "assets,Makefile", "BUILD_OUTPUT": "static", "SHARED_PATHS": "uploads",
+    "BUILD_INPUTS": "assets,Makefile", "BUILD_OUTPUT": "static", "SHARED_PATHS": "uploads", "TIMEOUT_STOP": "60",
 }
 ENVIRON = {"DB_PASSWORD": "hunter2"}
 

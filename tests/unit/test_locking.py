@@ -295,12 +295,12 @@ class LocalTransport:
 
     host = "local"
 
-    def run(self, command, *, out=None, err=None):
+    def run(self, command, *, out=None, err=None, timeout=None):
         import subprocess
 
         from deploytasks.remote.transport import Result
 
-        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=min(timeout or 30, 30))
         return Result(done.returncode, done.stdout, done.stderr)
 
     def close(self):

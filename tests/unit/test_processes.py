@@ -133,7 +133,7 @@ def test_processes_mode_parses_with_defaults(proc_root, process_repo):
     assert c.processes == ProcessConfig(
         source_repo=process_repo[0], source_path="", app_module="app:app", workers=4, python="python3",
         requirements="requirements.txt", build_command=(), build_inputs=(), build_output="", shared_paths=(),
-        supervisor="auto")
+        supervisor="auto", timeout_dependencies=900, timeout_build=1800)
     # no STATELESS_SERVICES and no images needed: each colour's gunicorn is the one web "service"
     assert c.stateless == ("web",) and c.web_service == "web" and c.stateful == () and c.images == {}
     assert Layout.of(c).socket("blue") == "/srv/shop/run/blue/web.sock"
