@@ -9,7 +9,6 @@ which reads the host's own state, repairs it and clears it.
 from __future__ import annotations
 
 import json
-import time
 
 from .holder import Holder
 from .layout import Layout

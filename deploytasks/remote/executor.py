@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .console import Console
 from .transport import TIMED_OUT_EXITS, Result, Transport, TransportError, Unanswered

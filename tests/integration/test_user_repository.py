@@ -12,8 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest

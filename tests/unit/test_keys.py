@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import GOOD_ENV, REPO, make_root, raw_of
+from conftest import REPO, make_root
 
 from deploytasks import config as configuration
 from deploytasks import keys

@@ -18,7 +18,6 @@ from conftest import container_deploy, REL_NEW, REL_OLD, REPO, SHA_NEW, step_nam
 
 from deploytasks import config as configuration
 from deploytasks import maintenance, nginx, traffic
-from deploytasks.backends import containers
 from deploytasks.plan import Cmd, Poll, Put, cmd
 
 ROOT = "/srv/example"

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import yaml
-from conftest import container_deploy, GOOD_ENV, REPO, make_root
+from conftest import container_deploy, GOOD_ENV, make_root
 from dotenv import dotenv_values
 
 from deploytasks import nginx
@@ -182,7 +182,6 @@ def test_overlay_with_several_services_networks_and_volumes(more_config):
 
 
 def test_shared_networks_are_created_by_the_deploy(more_config, first_state):
-    from deploytasks.backends import containers
 
     plan = container_deploy(more_config, first_state, "abc1234", "r1")
     networks = [s for s in plan.steps if s.name == "networks"][0]

@@ -9,7 +9,6 @@ from conftest import container_deploy, container_rollback, REL_NEW, REL_OLD, REP
 
 from deploytasks import config as configuration
 from deploytasks import facts, releases
-from deploytasks.backends import containers
 from deploytasks.errors import DeployError
 from deploytasks.facts import HostState
 from deploytasks.layout import Layout
