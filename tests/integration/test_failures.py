@@ -1,12 +1,17 @@
-"""When the failure path itself fails: an undo that cannot put traffic back must leave the new
-colour serving (not a 502 for everyone), `status` must say so and exit non-zero, and the next
-`rollback` must repair the host. On the real testbed."""
+"""When things fail around a deploy, on the real testbed: an undo that cannot put traffic back must
+leave the new colour serving (not a 502 for everyone), `status` must say so and exit non-zero, and
+the next `rollback` must repair the host; a live colour that stops answering fails `status`; a
+registry that hangs mid-pull is cut off at TIMEOUT_PULL with the old version serving and the lock
+released for the next deploy."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -83,3 +88,61 @@ def test_status_fails_when_the_live_colour_stops_answering(fresh_host, capsys):
         operations.status(target)
     assert "the live colour (blue) does not answer /healthz" in str(broken.value)
     assert "!! the live colour does not answer /healthz: visitors get 502" in capsys.readouterr().out
+
+
+class _StallingRegistry(BaseHTTPRequestHandler):
+    """In front of the testbed's registry: answers what the pre-deploy image check asks (HEAD),
+    and never answers the manifest a pull GETs, as a registry that hangs mid-pull."""
+
+    release: threading.Event
+    upstream = "http://127.0.0.1:5000"
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        response = requests.head(self.upstream + self.path, headers={"Accept": self.headers.get("Accept", "")},
+                                 timeout=5)
+        self.send_response(response.status_code)
+        for key in ("Content-Type", "Docker-Content-Digest", "Content-Length", "Docker-Distribution-Api-Version"):
+            if key in response.headers:
+                self.send_header(key, response.headers[key])
+        self.end_headers()
+
+    def do_GET(self):
+        if "/manifests/" in self.path or "/blobs/" in self.path:
+            self.release.wait(120)  # hang
+            return
+        self.do_HEAD()
+
+
+@pytest.fixture
+def stalling_registry():
+    handler = type("Handler", (_StallingRegistry,), {"release": threading.Event()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        handler.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_registry_that_hangs_during_the_pull_is_bounded_and_changes_nothing(fresh_host, stalling_registry):
+    config = fresh_host
+    operations.deploy(target_of(config), sha("v1"))
+    hanging = target_of(config, images={"web": f"{stalling_registry}/example/web"}, timeout_pull=8)
+    started = time.monotonic()
+    with pytest.raises(StepFailed) as failed:
+        operations.deploy(hanging, sha("v2"))
+    assert "timed out after 8s (TIMEOUT_PULL)" in str(failed.value)
+    assert time.monotonic() - started < 60, "bounded: not the registry's hours"
+    assert serving() == sha("v1") and failed.value.undone
+    layout = Layout.of(config)
+    assert not Path(layout.lock).exists(), "the lock was released"
+    last = json.loads(Path(layout.history).read_text().splitlines()[-1])
+    assert last["outcome"] == "failed" and phases.PULL not in last["failed_after"], "pull is where it stopped"
+    operations.deploy(target_of(config), sha("v2"))  # the next deploy needs no unlock
+    assert serving() == sha("v2")
