@@ -36,7 +36,6 @@ class Target:
 def session(target: Target, host: str, interrupt: Interrupt | None = None):
     console = Console(host, target.config.secrets())
 
-
     def reopen():  # a fresh connection for undos after this one broke
         return connect(target.config, host, accept_new_host_key=target.accept_new_host_key)
 
