@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import shas
+from . import lock, shas
 from .layout import Layout
 from .plan import sh
 
@@ -16,7 +16,7 @@ def entry(kind: str, sha: str, colour: str | None, owner: dict, outcome: str,
         "kind": kind,
         "sha": sha,
         "colour": colour,
-        "user": f"{owner['user']}@{owner['from']}",
+        "user": lock.who(owner),
         "outcome": outcome,
         "duration_s": round(time.time() - started, 2),
         "steps": {name: round(seconds, 3) for name, seconds in steps},

@@ -174,6 +174,11 @@ def policy(force_unlock: bool = False, force: bool = False, wait: object = 0) ->
     return Policy(bool(force_unlock), bool(force), seconds)
 
 
+def who(owner: dict) -> str:
+    """The holder as history, the marker and messages name it: user@machine."""
+    return f"{owner['user']}@{owner['from']}"
+
+
 def owner(task: str, sha: str | None) -> dict:
     return {
         "token": uuid.uuid4().hex,

@@ -77,10 +77,10 @@ def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dr
              echo: Callable[[str], None] = print) -> dict[str, str]:
     """Without `to`: back to the colour that served before. With `to`: redeploy an earlier SHA
     from history, without migrations unless asked (process releases reuse what they can)."""
-    policy = lock.policy(force_unlock, force, lock_wait)
     if to:
         return deploy(target, to, dry_run=dry_run, migrate=migrate, force_unlock=force_unlock, force=force,
                       lock_wait=lock_wait, kind="rollback", fast=target.config.mode == "processes", echo=echo)
+    policy = lock.policy(force_unlock, force, lock_wait)
     backend = backends.of(target.config)
     return _each_host(target, "rollback", None, lambda state: deploys.rollback(target.config, state, backend),
                       dry_run=dry_run, policy=policy, echo=echo)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 
+from . import lock
 from .holder import Holder
 from .layout import Layout
 from .plan import sh
 
 
 def record(kind: str, sha: str | None, colour: str | None, owner: dict, step: str, since: float) -> dict:
-    return {"kind": kind, "sha": sha, "colour": colour, "user": f"{owner['user']}@{owner['from']}",
+    return {"kind": kind, "sha": sha, "colour": colour, "user": lock.who(owner),
             "token": owner.get("token"), "since": int(since), "step": step}
 
 
