@@ -57,9 +57,12 @@ def locked(remote: Remote, layout: Layout, task: str, sha: str | None, policy: l
 
 def acquire(remote: Remote, layout: Layout, info: dict, wait: float = 0.0) -> dict:
     """Take the lock, waiting up to `wait` seconds for a holder that is alive (or whose migration
-    still runs); returns the owner record as it was written."""
+    still runs); returns the owner record as it was written. A holder whose connection is gone
+    but whose lease is still fresh (a deployer just killed) is waited for without --lock-wait,
+    until its lease lapses: the deploy run right after a killed one takes its lock over."""
     started = time.monotonic()
     next_note = started + PROGRESS_EVERY
+    deadline: float | None = None
     while True:
         info = dict(info, since=int(time.time()))
         result = remote.run(lock.acquire_argv(layout, info))
@@ -71,15 +74,29 @@ def acquire(remote: Remote, layout: Layout, info: dict, wait: float = 0.0) -> di
         if result.exited != lock.HELD_EXIT:
             raise StepFailed(f"{remote.host}: cannot take the deploy lock: {result.stderr.strip()[:200]}")
         now = time.monotonic()
-        if now - started >= wait:
-            raise holders.held_error(remote.host, found, time.time(), waited=now - started if wait else None)
+        if deadline is None:
+            deadline = max(started + wait, now + _lapse(found))
+            if deadline > started + wait:
+                remote.console(f"   ... the deploy lock's holder has lost its connection: waiting up to "
+                               f"{deadline - now:.0f}s for its lease to lapse")
+        if now >= deadline:
+            waited = now - started
+            raise holders.held_error(remote.host, found, time.time(), waited=waited if waited >= 1 else None)
         if remote.interrupt:
             raise Interrupted(f"{remote.host}: interrupted while waiting for the deploy lock")
         if now >= next_note:
             remote.console(f"   ... waiting for the deploy lock ({holders.describe(found.info if found else None, time.time())}"
-                           f"; {now - started:.0f}s of {wait:g}s)")
+                           f"; {now - started:.0f}s of {deadline - started:g}s)")
             next_note += PROGRESS_EVERY
-        time.sleep(min(POLL_EVERY, max(0.0, started + wait - now)))
+        time.sleep(min(POLL_EVERY, max(0.0, deadline - now)))
+
+
+def _lapse(found: holders.Holder | None) -> float:
+    """Seconds until a holder that is alive only by its lease (its connection is gone) is judged
+    dead; 0 for any other holder. One poll more, for the clocks of the two machines."""
+    if found is None or found.verdict != holders.ALIVE or found.session != "gone" or found.lease_age is None:
+        return 0.0
+    return max(0.0, lock.LEASE_BOUND - found.lease_age) + POLL_EVERY
 
 
 def release(remote: Remote, layout: Layout, info: dict) -> None:

@@ -345,3 +345,32 @@ def test_a_real_dead_lock_is_taken_over_with_one_line(tmp_path):
     assert out.getvalue().startswith("[local] ! took over the deploy lock of a dead deploy: alice@laptop (deploy "
                                      "abc1234), held since 1970-01-12T13:46:40Z (")
     assert out.getvalue().endswith("last step: start green\n")
+
+
+def test_a_holder_whose_connection_is_gone_is_waited_for_until_its_lease_lapses(host, clock):
+    """The deploy run right after a killed one: no --lock-wait needed, its lease lapses in seconds."""
+    host.transport.answer(ACQUIRE, lock.HELD_EXIT, held("alive", "lock-session 77 gone", "lock-lease 10 migrate"),
+                          times=3)
+    host.transport.answer(ACQUIRE, 0, held("dead", "lock-session 77 gone", "lock-lease 16 migrate") + "lock-taken-over\n")
+    locking.acquire(host, LAYOUT, INFO)
+    assert scripts(host) == ["acquire"] * 4
+    assert sum(clock.slept) == 3 * locking.POLL_EVERY
+    printed = "\n".join(host.printed())
+    assert f"lost its connection: waiting up to {lock.LEASE_BOUND - 10 + locking.POLL_EVERY:.0f}s" in printed
+    assert "took over the deploy lock of a dead deploy" in printed
+
+
+def test_the_lease_grace_is_given_once_not_renewed_by_a_holder_that_reconnected(host, clock):
+    """A holder that lost one connection but renews its lease over another is alive: wait no longer
+    than the first lapse promised, then refuse."""
+    host.transport.answer(ACQUIRE, lock.HELD_EXIT, held("alive", "lock-session 77 gone", "lock-lease 1 start"))
+    with pytest.raises(LockHeld, match=r"its holder is alive.*\(waited 16s\)"):
+        locking.acquire(host, LAYOUT, INFO)
+    assert sum(clock.slept) == lock.LEASE_BOUND - 1 + locking.POLL_EVERY
+
+
+def test_a_holder_with_an_open_connection_gets_no_grace(host, clock):
+    host.transport.answer(ACQUIRE, lock.HELD_EXIT, held("alive", "lock-session 77 alive", "lock-lease 14 start"))
+    with pytest.raises(LockHeld):
+        locking.acquire(host, LAYOUT, INFO)
+    assert clock.slept == []
