@@ -48,7 +48,9 @@ def format_line(record: dict) -> str:
     line = (f"{record.get('time', '?'):20} {record.get('kind', '?'):9} {str(record.get('sha', '?'))[:12]:12} "
             f"{record.get('colour') or '-':5} {record.get('outcome', '?'):8} {record.get('duration_s', '?')}s "
             f"{record.get('user', '')}")
-    if record.get("outcome", "ok") != "ok":
+    if record.get("outcome") == "died":  # written by the deploy that found it (progress.obituary)
+        line += f"\n      {record.get('reason', 'no reason recorded')}"
+    elif record.get("outcome", "ok") != "ok":
         after = record.get("failed_after") or []
         line += f"\n      failed after {after[-1] if after else 'nothing'}: {record.get('reason', 'no reason recorded')}"
     return line

@@ -59,7 +59,8 @@ def acquire(remote: Remote, layout: Layout, info: dict, wait: float = 0.0) -> di
     """Take the lock, waiting up to `wait` seconds for a holder that is alive (or whose migration
     still runs); returns the owner record as it was written. A holder whose connection is gone
     but whose lease is still fresh (a deployer just killed) is waited for without --lock-wait,
-    until its lease lapses: the deploy run right after a killed one takes its lock over."""
+    until its lease lapses: the deploy run right after a killed one takes its lock over. After a
+    takeover the record has `took_over` (not written to the lock): the dead holder's last step."""
     started = time.monotonic()
     next_note = started + PROGRESS_EVERY
     deadline: float | None = None
@@ -70,6 +71,7 @@ def acquire(remote: Remote, layout: Layout, info: dict, wait: float = 0.0) -> di
         if result.ok:
             if found and found.taken_over:
                 remote.console(f"! {holders.took_over(found, time.time())}")
+                return dict(info, took_over={"step": found.step})  # for the dead deploy's history line
             return info
         if result.exited != lock.HELD_EXIT:
             raise StepFailed(f"{remote.host}: cannot take the deploy lock: {result.stderr.strip()[:200]}")

@@ -117,6 +117,10 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
                         raise DeployError(f"{host}: {sha} never served here (not in the history as a successful "
                                           "deploy); use deploy --sha to ship it")
                     plan = plan_for(state)
+                    if progress.unrecorded(state.in_progress, owner):
+                        step = (owner.get("took_over") or {}).get("step")
+                        remote.run(history.append_argv(layout, progress.obituary(state.in_progress, kind, step,
+                                                                                 state.now or time.time())))
                     serving[host] = _run_and_record(remote, layout, plan, owner)
     if not dry_run and any(serving.values()):
         echo("summary: " + ", ".join(f"{host} serves {sha}" for host, sha in serving.items()))
@@ -130,7 +134,7 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
         remote.console(f"{plan.kind} {plan.sha} -> {colour} (was {plan.summary.get('previous') or 'nothing'})")
     # the step under way is in the lock's lease; the marker outlives the lock, so a deploy that
     # never finished is still named after its lock was released or taken over
-    remote.run(progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner, "started", started)))
+    remote.run(progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner, progress.STARTED, started)))
     try:
         outcome = execute(remote, plan)
     except StepFailed as failure:

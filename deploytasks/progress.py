@@ -9,6 +9,7 @@ which reads the host's own state, repairs it and clears it.
 from __future__ import annotations
 
 import json
+import time
 
 from . import lock
 from .holder import Holder
@@ -52,5 +53,23 @@ def left_behind(marker: dict | None, lock: dict | None, holder: Holder | None = 
     return bool(holder) and holder.verdict in ("dead", "running")
 
 
+def unrecorded(marker: dict | None, owner: dict) -> bool:
+    """A marker of another deploy that ended without a word in the history: its deployer was
+    killed, or lost the host for good, before it could record anything (a failure it survived
+    left UNDO_FAILED or LOST and its own history line)."""
+    return bool(marker) and marker.get("token") != owner.get("token") and marker.get("step") == STARTED
+
+
+def obituary(marker: dict, found_by: str, step: str | None, now: float) -> dict:
+    """The history line the next deploy writes for one that died half way."""
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(marker.get("since", now))),
+            "kind": marker.get("kind", "deploy"), "sha": marker.get("sha"), "colour": marker.get("colour"),
+            "user": marker.get("user", "?"), "outcome": "died", "steps": {}, "step": step,
+            "reason": (f"the deploying process or its connection died during step {step!r}" if step else
+                       "the deploying process or its connection died") +
+                      f"; found by the next {found_by}, which repaired the host"}
+
+
+STARTED = "started"
 UNDO_FAILED = "undo failed"
 LOST = "connection lost while the migration ran"

@@ -80,6 +80,23 @@ def test_failed_deploys_in_status_say_where_and_why():
     assert "\n" not in history.format_line(dict(record, outcome="ok"))
 
 
+def test_a_deploy_that_died_gets_its_history_line_from_the_next_one():
+    """A killed deployer writes nothing; the deploy that takes its lock over records it."""
+    marker = progress.record("deploy", "bbbbbbb", "green", OWNER, progress.STARTED, since=900)
+    assert progress.unrecorded(marker, {"token": "next"})
+    assert not progress.unrecorded(marker, OWNER), "our own marker is not a dead deploy"
+    assert not progress.unrecorded(dict(marker, step=progress.UNDO_FAILED), {"token": "next"}), \
+        "a failure its deployer survived has its own history line"
+    assert not progress.unrecorded(None, OWNER)
+    record = progress.obituary(marker, "rollback", "migrate", now=1000)
+    assert (record["kind"], record["sha"], record["colour"], record["user"], record["outcome"]) == \
+        ("deploy", "bbbbbbb", "green", "alice@laptop", "died")
+    assert history.format_line(record).splitlines()[1] == (
+        "      the deploying process or its connection died during step 'migrate'; found by the next rollback, "
+        "which repaired the host")
+    assert not history.served([record], "bbbbbbb"), "a dead deploy is no rollback target"
+
+
 @linux_sh
 def test_the_state_script_reports_the_marker_and_whether_the_live_socket_answers(tmp_path):
     root = tmp_path / "srv"

@@ -341,7 +341,9 @@ def test_a_real_dead_lock_is_taken_over_with_one_line(tmp_path):
     out = io.StringIO()
     remote = Remote(LocalTransport(), Console("local", [], stream=out), Interrupt())
     info = locking.acquire(remote, layout, lock.owner("deploy", None))
-    assert json.load(open(layout.lock_info)) == info
+    taken = info.pop("took_over")
+    assert json.load(open(layout.lock_info)) == info and taken == {"step": "start green"}, \
+        "the record as written, and the dead holder's last step for its history line"
     assert out.getvalue().startswith("[local] ! took over the deploy lock of a dead deploy: alice@laptop (deploy "
                                      "abc1234), held since 1970-01-12T13:46:40Z (")
     assert out.getvalue().endswith("last step: start green\n")
