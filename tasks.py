@@ -44,6 +44,20 @@ def bench(c, out=None):
     bench_module.run(ROOT, out)
 
 
+@task(help={"out": "write the table as JSON to this file",
+            "subset": "only the README's subset: each fault once in each flow, and the host faults"})
+@friendly
+def faults(c, out=None, subset=False):
+    """Hit every step of four flows with SIGKILL, a cut SSH connection and Ctrl-C, under load.
+
+    Host faults too (registry, full disk, dockerd restart, failing undo); prints the table and
+    fails if any case failed."""
+    from harness import faults as faults_module
+
+    if not faults_module.run(ROOT, out, full=not subset).passed:
+        raise Exit("some fault cases failed (see the table)", code=1)
+
+
 @task(name="up")
 @friendly
 def testbed_up(c):
@@ -76,6 +90,6 @@ def testbed_status(c):
 
 
 ns = collection()
-for dev_task in (test, demo, bench):
+for dev_task in (test, demo, bench, faults):
     ns.add_task(dev_task)
 ns.add_collection(Collection("testbed", testbed_up, testbed_down, testbed_status))

@@ -220,8 +220,10 @@ def force_release_argv(layout: Layout, force: bool = False) -> tuple[str, ...]:
     return sh(_FORCE_RELEASE, *inspect_args(layout), "yes" if force else "no")
 
 
-def renew_argv(layout: Layout, info: dict, step: str | None) -> tuple[str, ...]:
-    """Renew the lease with the step the holder is at; LOST_EXIT if the lock is not ours any more."""
-    return sh(_RENEW, layout.lock_info, layout.lock_lease, info["token"],
-              " ".join((step or "").split()))
+def renew_argv(layout: Layout, info: dict, step: str | None, *, lapse: bool = False) -> tuple[str, ...]:
+    """Renew the lease with the step the holder is at; LOST_EXIT if the lock is not ours any more.
+    `lapse`: a holder leaving a lock to its migration dates its lease back, so that the lock is
+    judged by the migration alone (taken over the moment it has ended)."""
+    return sh(_RENEW + ('touch -d @0 "$lease"\n' if lapse else ""), layout.lock_info, layout.lock_lease,
+              info["token"], " ".join((step or "").split()))
 

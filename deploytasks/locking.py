@@ -31,7 +31,7 @@ def locked(remote: Remote, layout: Layout, task: str, sha: str | None, policy: l
     info = acquire(remote, layout, lock.owner(task, sha), policy.wait)
     lease = Lease(remote, layout, info)
     lease.start()
-    keep = False
+    keep = detached = False
     try:
         yield info
     except KeyboardInterrupt:
@@ -41,7 +41,7 @@ def locked(remote: Remote, layout: Layout, task: str, sha: str | None, policy: l
                        "registered still runs (`status` shows it)")
         raise
     except Detached:
-        keep = True
+        keep = detached = True
         remote.console("! the connection was lost while the migration ran: it keeps running on the host, "
                        "registered in the deploy lock, which stays held; nothing was undone; the next deploy "
                        "takes the lock over once it has ended (`status` shows it)")
@@ -51,7 +51,9 @@ def locked(remote: Remote, layout: Layout, task: str, sha: str | None, policy: l
         raise
     finally:
         lease.stop()
-        if not keep:
+        if detached:
+            leave(remote, layout, info)
+        elif not keep:
             release(remote, layout, info)
 
 
@@ -110,6 +112,15 @@ def release(remote: Remote, layout: Layout, info: dict) -> None:
         return
     if result.exited == lock.HELD_EXIT:
         remote.console(f"! {holders.kept(holders.parse(result.stdout.splitlines()))}")
+
+
+def leave(remote: Remote, layout: Layout, info: dict) -> None:
+    """Leave the lock to the migration that outlived the connection: the lease lapses now, so the
+    lock is free the moment the migration has ended, not LEASE_BOUND seconds after this exits."""
+    try:
+        remote.run(lock.renew_argv(layout, info, remote.step, lapse=True))
+    except TransportError:
+        pass  # the lease lapses on its own within LEASE_BOUND
 
 
 def force_unlock(remote: Remote, layout: Layout, force: bool) -> None:

@@ -139,17 +139,14 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
         outcome = execute(remote, plan)
     except StepFailed as failure:
         ended = "lost" if isinstance(failure, Detached) else "failed"  # lost: the migration may still run
-        try:  # best effort: the connection may be what failed
-            reason = remote.console.mask(str(failure).splitlines()[0])[:300]
-            outcome = ended if failure.undone else "failed, not undone"
-            remote.run(history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, owner, outcome,
-                                                                 started, [], failed_after=failure.completed,
-                                                                 reason=reason)))
-            left = progress.UNDO_FAILED if not failure.undone else progress.LOST if ended == "lost" else None
-            remote.run(progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner, left, started))
-                       if left else progress.clear_argv(layout))
-        except TransportError:
-            remote.console("! could not record the failure in the host's history")
+        reason = remote.console.mask(str(failure).splitlines()[0])[:300]
+        outcome = ended if failure.undone else "failed, not undone"
+        left = progress.UNDO_FAILED if not failure.undone else progress.LOST if ended == "lost" else None
+        _record_failure(remote, (
+            history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, owner, outcome, started, [],
+                                                      failed_after=failure.completed, reason=reason)),
+            progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner, left, started))
+            if left else progress.clear_argv(layout)))
         if plan.summary.get("window") and phases.MIGRATE in failure.completed:
             failure.details.append("the migration had already run: the previous version was started again on the "
                                    "new schema; see `status` for whether maintenance mode is still on")
@@ -164,6 +161,20 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
     remote.console(f"done: {plan.sha} serves from {colour} ({record['duration_s']}s)" if plan.sha
                    else f"done: {plan.kind} ({record['duration_s']}s)")
     return plan.sha
+
+
+def _record_failure(remote: Remote, commands: tuple[tuple[str, ...], ...]) -> None:
+    """The failure's history line and marker, on a fresh connection if the failure was the
+    connection's; without them the next deploy can only say that this one died."""
+    for attempt in (1, 2):
+        try:
+            for argv in commands:
+                remote.run(argv)
+            return
+        except TransportError:
+            if attempt == 2 or not remote.reconnect():
+                break
+    remote.console("! could not record the failure in the host's history")
 
 
 def status(target: Target) -> None:

@@ -320,16 +320,49 @@ def _docker_answers() -> bool:
     return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
+DOCKERD = ["/usr/sbin/dockerd", "--live-restore"]  # containers outlive a restart of dockerd, as on a careful host
+
+
+def _live_restore() -> bool:
+    proc = subprocess.run([_docker_cli(), "info", "--format", "{{.LiveRestoreEnabled}}"],
+                          capture_output=True, text=True, timeout=10)
+    return proc.stdout.strip() == "true"
+
+
 def _step_dockerd(echo: Echo) -> str:
-    """Use a daemon that already answers (ours or not); else start Debian's dockerd."""
+    """Use a daemon that already answers (ours or not); else start Debian's dockerd. Ours is
+    restarted once if it runs without --live-restore (started by an older testbed)."""
     if pid := _our_pid("dockerd"):
         _wait_for("dockerd", _docker_answers, 60, pid, LOG_DIR / "dockerd.log")
-        return f"already running (pid {pid})"
+        if _live_restore():
+            return f"already running (pid {pid})"
+        _stop_pid("dockerd", pid)
+        restarted = _step_dockerd(echo)
+        return f"{restarted}, restarted with --live-restore"
     if _docker_answers():
         return "already running (not started by the testbed, left alone)"
-    pid, log = _spawn("dockerd", ["/usr/sbin/dockerd"])
+    pid, log = _spawn("dockerd", DOCKERD)
     _wait_for("dockerd", _docker_answers, 60, pid, log)
     return f"started (pid {pid})"
+
+
+def restart_dockerd(echo: Echo = print) -> str:
+    """Stop the testbed's dockerd and start it again (a host fault: the containers live on)."""
+    if (pid := _our_pid("dockerd")) is None:
+        raise TestbedError("dockerd was not started by the testbed: not restarting someone else's daemon")
+    stopped = _stop_pid("dockerd", pid)
+    return f"{stopped}; {_step_dockerd(echo)}"
+
+
+def registry_pid() -> int:
+    """The testbed's registry process (a host fault stops or freezes it)."""
+    if (pid := _our_pid("registry")) is None:
+        raise TestbedError("the registry was not started by the testbed")
+    return pid
+
+
+def start_registry(echo: Echo = print) -> str:
+    return _step_registry(echo)
 
 
 def _check_dockerd() -> tuple[bool, str]:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -80,8 +81,11 @@ def host():
     return remote
 
 
+LAPSE = re.compile(re.escape(shlex.quote(lock._RENEW + 'touch -d @0 "$lease"\n')))
+
+
 def scripts(remote) -> list[str]:
-    names = {ACQUIRE: "acquire", RELEASE: "release", FORCE: "force", RENEW: "renew"}
+    names = {ACQUIRE: "acquire", RELEASE: "release", FORCE: "force", RENEW: "renew", LAPSE: "lease lapsed"}
     return [next((name for pattern, name in names.items() if pattern.search(c)), c) for c in remote.transport.commands]
 
 
@@ -100,7 +104,8 @@ def test_the_lock_is_kept_only_where_the_host_may_still_be_busy_or_is_not_ours(h
     with pytest.raises(type(error)):
         with locking.locked(host, LAYOUT, "deploy", None):
             raise error
-    assert scripts(host) == (["acquire", "release"] if released else ["acquire"]) and StubLease.stopped == 1
+    kept = ["acquire", "lease lapsed"] if isinstance(error, Detached) else ["acquire"]
+    assert scripts(host) == (["acquire", "release"] if released else kept) and StubLease.stopped == 1
     if isinstance(error, Detached):
         assert "the connection was lost while the migration ran" in "\n".join(host.printed())
 
@@ -268,8 +273,9 @@ def test_a_connection_lost_under_the_migration_keeps_the_lock_records_lost_and_u
     commands = memory_host.commands
     migrate = next(i for i, c in enumerate(commands) if "example-migrate-" in c)
     after = commands[migrate + 1:]
-    assert len(after) == 2 and "history.jsonl" in after[0] and '"outcome": "lost"' in after[0], after
+    assert len(after) == 3 and "history.jsonl" in after[0] and '"outcome": "lost"' in after[0], after
     assert "state/deploying" in after[1] and "connection lost while the migration ran" in after[1], "status names it"
+    assert LAPSE.search(after[2]), "the lease lapses: the lock is the migration's alone"
     assert not any(RELEASE.search(c) for c in commands), "the lock stays with the migration"
     out = capsys.readouterr().out
     assert "the connection was lost while the migration ran" in out and "undoing" not in out
@@ -376,3 +382,18 @@ def test_a_holder_with_an_open_connection_gets_no_grace(host, clock):
     with pytest.raises(LockHeld):
         locking.acquire(host, LAYOUT, INFO)
     assert clock.slept == []
+
+
+def test_a_lease_lapsed_on_leaving_is_dated_back_and_only_by_its_holder(tmp_path):
+    """Detached: the holder leaves its lock to the migration; the lease then says nothing for it."""
+    layout = Layout(str(tmp_path / "srv"), "web")
+    os.makedirs(layout.lock)
+    with open(layout.lock_info, "w") as info:
+        json.dump(INFO, info)
+    with open(layout.lock_lease, "w") as lease:
+        lease.write("start\n")
+    other = subprocess.run(lock.renew_argv(layout, dict(INFO, token="not-ours"), "migrate", lapse=True))
+    assert other.returncode == lock.LOST_EXIT and os.stat(layout.lock_lease).st_mtime > 0
+    ours = subprocess.run(lock.renew_argv(layout, INFO, "migrate", lapse=True))
+    assert ours.returncode == 0 and os.stat(layout.lock_lease).st_mtime == 0
+    assert open(layout.lock_lease).read() == "migrate\n"
