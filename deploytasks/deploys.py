@@ -33,14 +33,14 @@ def deploy(config: Config, state: HostState, backend: Backend, sha: str, release
     migration = [new.migrate()] if migrate and config.migrate_command else []
     if window:
         # the new colour boots outside the window (ready only after the migration); a window the
-        # operator opened before the deploy stays open after it
-        own_window = not state.maintenance
+        # operator opened before the deploy stays open after it, one a dead window deploy left is ours
+        own_window = not state.maintenance or state.maintenance_by == maintenance.WINDOW
         steps.append(new.start(fresh=True))
         steps += [maintenance.window_on_step(config, live)] if own_window else []
         if old:
             steps.append(Step(phases.STOP_OLD, (old.stop(),), undo=old.restart(), label=f"stop {old.colour}"))
         steps += [*migration, new.ready(), traffic.switch(config, state, new.colour, release),
-                  *([maintenance.off_step(config)] if own_window else []), traffic.verify(config, sha)]
+                  *([maintenance.off_step(config, maintenance.WINDOW)] if own_window else []), traffic.verify(config, sha)]
     else:
         switch, *after = traffic.switch_over(config, state, new.colour, release, sha, (old.stop(),) if old else ())
         steps += [*migration, new.start(fresh=True), new.ready(), switch, *([site] if site_after_switch else []), *after]

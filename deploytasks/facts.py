@@ -23,7 +23,7 @@ printf 'live %s\n' "$(readlink "$live" 2>/dev/null)"
 # a live link of another name: the site still routes through it (WEB_SERVICE changed since)
 for l in "$(dirname "$live")"/*.sock; do [ -L "$l" ] && [ "$l" != "$live" ] && printf 'other-live %s\n' "$(readlink "$l")"; done
 printf 'current %s\n' "$(readlink "$current" 2>/dev/null)"
-[ -e "$flag" ] && echo 'maintenance on'
+[ -e "$flag" ] && printf 'maintenance on %s\n' "$(head -c 64 "$flag" | tr -d '\n')"
 for r in "$releases"/*/; do [ -d "$r" ] && printf 'release %s\n' "$(basename "$r")"; done
 [ -d "$lock" ] && inspect "$lock"
 tail -n 200 "$history" 2>/dev/null | sed 's/^/history /'
@@ -66,6 +66,7 @@ class HostState:
     current: str | None = None  # release name `current` points at
     releases: tuple[str, ...] = ()
     maintenance: bool = False
+    maintenance_by: str = ""  # who set it: maintenance.WINDOW (a window deploy), else the operator
     lock: dict | None = None  # who holds the deploy lock (its info.json)
     holder: Holder | None = None  # the same, with whether the holder lives (see holder.py)
     history: tuple[dict, ...] = ()
@@ -123,6 +124,7 @@ def parse(output: str) -> HostState:
             fields["current"] = value.rstrip("/").rsplit("/", 1)[-1]
         elif key == "maintenance":
             fields["maintenance"] = True
+            fields["maintenance_by"] = value.partition(" ")[2].strip()
         elif key == "release":
             fields["releases"].append(value)
         elif key == "history":

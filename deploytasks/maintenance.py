@@ -12,9 +12,12 @@ from . import nginx, phases
 from .config import Config
 from .facts import HostState
 from .layout import Layout
-from .plan import Plan, Poll, Step, cmd, sh
+from .plan import Cmd, Plan, Poll, Step, cmd, sh
 
 STATUS = "503"
+# what the flag file says: who set it. A window deploy's flag found by the next deploy is one
+# whose deploy died inside its window (it held the lock): the next window deploy lifts it.
+OPERATOR, WINDOW = "operator", "window"
 
 # Undo of "maintenance on" during a maintenance deploy: lift the window only if the old
 # version answers ready again; otherwise visitors are better served by the maintenance page.
@@ -34,16 +37,20 @@ def public_status_probe(config: Config, path: str = "/") -> tuple[str, ...]:
     return nginx.probe(config, path, "-s", "-o", "/dev/null", "-w", "%{http_code}")
 
 
-def on_step(config: Config, already_on: bool = False) -> Step:
-    """Set the flag and see the 503 through nginx; undo clears it unless it was on before."""
+def set_flag(config: Config, by: str) -> Cmd:
+    return cmd(*sh('printf "%s\\n" "$2" > "$1"', Layout.of(config).maintenance_flag, by))
+
+
+def on_step(config: Config, already_on: bool = False, by: str = OPERATOR) -> Step:
+    """Set the flag (saying who set it) and see the 503 through nginx; undo clears it unless it was on before."""
     flag = Layout.of(config).maintenance_flag
-    return Step(phases.MAINTENANCE_ON, (cmd("touch", flag), Poll(public_status_probe(config), 10, 0.2, expect=STATUS)),
+    return Step(phases.MAINTENANCE_ON, (set_flag(config, by), Poll(public_status_probe(config), 10, 0.2, expect=STATUS)),
                 undo=() if already_on else (cmd("rm", "-f", flag),), label="maintenance on")
 
 
-def off_step(config: Config) -> Step:
+def off_step(config: Config, by: str = OPERATOR) -> Step:
     flag = Layout.of(config).maintenance_flag
-    return Step(phases.MAINTENANCE_OFF, (cmd("rm", "-f", flag),), undo=(cmd("touch", flag),), label="maintenance off")
+    return Step(phases.MAINTENANCE_OFF, (cmd("rm", "-f", flag),), undo=(set_flag(config, by),), label="maintenance off")
 
 
 def window_on_step(config: Config, old_colour: str | None) -> Step:
@@ -51,7 +58,7 @@ def window_on_step(config: Config, old_colour: str | None) -> Step:
     layout = Layout.of(config)
     undo = (cmd(*sh(_LIFT_IF_READY, layout.maintenance_flag, layout.socket(old_colour),
                     f"http://localhost{config.ready_path}", nginx.probe_host(config))),) if old_colour else on_step(config).undo
-    return dataclasses.replace(on_step(config), undo=undo)
+    return dataclasses.replace(on_step(config, by=WINDOW), undo=undo)
 
 
 def toggle(config: Config, state: HostState, on: bool) -> Plan:

@@ -204,6 +204,8 @@ def problems(config: Config, state: HostState) -> list[str]:
     if state.deployed and state.live_answers is False:
         found.append(f"the live colour ({state.live}) does not answer {config.health_path} on its socket: "
                      "nginx answers 502; `rollback` or a deploy repairs it")
+    if state.maintenance and state.maintenance_by == maintenance.WINDOW and not state.lock:
+        found.append("maintenance mode was left on by a maintenance-window deploy that did not finish")
     if state.in_progress and progress.left_behind(state.in_progress, state.lock, state.holder):
         found.append(progress.describe(state.in_progress, state.lock, state.now or time.time(), state.holder))
     return found
@@ -219,7 +221,10 @@ def describe_state(config: Config, state: HostState) -> list[str]:
                      f" (release {live_release})")
         if state.live_answers is False:
             lines.append(f"!! the live colour does not answer {config.health_path}: visitors get 502")
-        if state.maintenance:
+        if state.maintenance and state.maintenance_by == maintenance.WINDOW:
+            lines.append("!! maintenance mode: ON, left by a maintenance-window deploy that did not finish (the "
+                         "migration may have run): the next `deploy --maintenance` lifts it, or `maintenance-off`")
+        elif state.maintenance:
             lines.append("maintenance mode: ON (visitors get the maintenance page)")
         for colour, release in sorted(state.colours.items()):
             if colour != state.live:

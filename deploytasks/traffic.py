@@ -55,7 +55,9 @@ def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
                      (layout.current_target(release), layout.current)),),
         undo=(point_links((was["live"] and layout.live_target(was["live"]), layout.live_socket),
                           (was["colour"] and layout.colour_target(was["colour"]), layout.colour_link(colour)),
-                          (was["current"] and layout.current_target(was["current"]), layout.current)),),
+                          (was["current"] and layout.current_target(was["current"]), layout.current)),
+              # as in drain: what nginx sent the new colour an instant before is answered before it stops
+              cmd("sleep", f"{SETTLE_SECONDS:g}")),
         label=f"switch to {colour}",
         barrier=True,  # the new colour and its release may be removed only once traffic is back
     )

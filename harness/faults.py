@@ -337,6 +337,19 @@ class Report:
 
 
 def run_case(home: Path, case: Case, echo: Echo) -> dict:
+    """One case; a harness error (the site unreadable, say) is a failed row, not the end of the table."""
+    try:
+        return _run_case(home, case, echo)
+    except Exception as error:  # noqa: BLE001 - reported in the row
+        row = {"flow": case.flow.name, "step": case.step, "fault": case.fault, "hit": "?", "exit": "?",
+               "left_serving": "?", "requests": 0, "failed": 0, "errors": {}, "data_intact": False,
+               "next_run_exit": "?", "status_exit": "?", "history": [], "ok": False,
+               "error": f"{type(error).__name__}: {error}"}
+        echo(line_of(row) + f"  ({row['error']})")
+        return row
+
+
+def _run_case(home: Path, case: Case, echo: Echo) -> dict:
     config = config_of(home, case.flow.env)
     before = serving(config)
     names = {version_sha(config, v): v for v in case.flow.versions}

@@ -38,7 +38,7 @@ def test_toggle_on(local_config, first_state):
     assert put.path == f"{ROOT}/nginx/site.conf" and put.content == nginx.site(local_config).encode()
     on = _step(plan, "maintenance on")
     touch, poll = on.actions
-    assert touch == cmd("touch", FLAG)
+    assert touch == maintenance.set_flag(local_config, maintenance.OPERATOR)
     assert isinstance(poll, Poll) and poll.expect == "503" and poll.timeout == 10 and poll.interval == 0.2
     assert poll.argv == maintenance.public_status_probe(local_config)
     assert on.undo == (cmd("rm", "-f", FLAG),)
@@ -47,7 +47,7 @@ def test_toggle_on(local_config, first_state):
 def test_toggle_on_when_already_on_keeps_it_on_if_undone(local_config, first_state):
     plan = maintenance.toggle(local_config, dataclasses.replace(first_state, maintenance=True), True)
     on = _step(plan, "maintenance on")
-    assert on.actions[0] == cmd("touch", FLAG) and on.undo == ()
+    assert on.actions[0] == maintenance.set_flag(local_config, maintenance.OPERATOR) and on.undo == ()
 
 
 def test_toggle_off(local_config, blue_live_state):
@@ -55,13 +55,13 @@ def test_toggle_off(local_config, blue_live_state):
     assert plan.kind == "maintenance-off"
     assert _names(plan) == ["prepare", "nginx site", "maintenance off"]
     off = _step(plan, "maintenance off")
-    assert off.actions == (cmd("rm", "-f", FLAG),) and off.undo == (cmd("touch", FLAG),)
+    assert off.actions == (cmd("rm", "-f", FLAG),) and off.undo == (maintenance.set_flag(local_config, "operator"),)
     assert not any(isinstance(a, Poll) for s in plan.steps for a in s.actions)
 
 
 def test_toggle_for_process_releases(process_config, first_state):
     plan = maintenance.toggle(process_config, first_state, True)
-    assert _step(plan, "maintenance on").actions[0] == cmd("touch", "/srv/example-proc/state/maintenance")
+    assert _step(plan, "maintenance on").actions[0].argv[-2:] == ("/srv/example-proc/state/maintenance", "operator")
     assert _step(plan, "maintenance on").actions[1].argv[-1] == "http://127.0.0.1:8081/"
 
 
@@ -78,6 +78,21 @@ def test_maintenance_probe_addresses_the_apps_server_like_verify(local_config):
     probe = maintenance.public_status_probe(config)
     verify = traffic.verify(config, SHA_NEW).actions[0].argv
     assert probe[probe.index("-H") + 1] == verify[verify.index("-H") + 1] == "Host: shop.example.com"
+
+
+@linux_sh
+def test_the_flag_says_who_set_it_and_the_state_read_reports_it(tmp_path, local_config):
+    from deploytasks import facts
+    from deploytasks.layout import Layout
+
+    config = dataclasses.replace(local_config, deploy_path=str(tmp_path))
+    layout = Layout.of(config)
+    Path(layout.state).mkdir(parents=True)
+    read = facts.read_command(layout, config.health_path, "localhost")
+    for by in (maintenance.WINDOW, maintenance.OPERATOR):
+        subprocess.run(maintenance.set_flag(config, by).argv, check=True)
+        state = facts.parse(subprocess.run(read, capture_output=True, text=True).stdout)
+        assert state.maintenance and state.maintenance_by == by
 
 
 # --- window_seconds -------------------------------------------------------------------------
@@ -99,7 +114,8 @@ def test_window_seconds_rounds_and_needs_both_ends():
 
 def test_window_on_step_lifts_only_if_the_old_colour_is_ready(local_config):
     step = maintenance.window_on_step(local_config, "blue")
-    assert step.name == "maintenance on" and step.actions == maintenance.on_step(local_config).actions
+    assert step.name == "maintenance on"
+    assert step.actions == maintenance.on_step(local_config, by=maintenance.WINDOW).actions
     (undo,) = step.undo
     assert undo.argv[:3] == ("sh", "-c", maintenance._LIFT_IF_READY)
     assert undo.argv[3:] == ("sh", FLAG, f"{ROOT}/run/blue/web.sock", "http://localhost/readyz", "localhost")
@@ -192,7 +208,7 @@ def test_window_deploy_steps(local_config, blue_live_state):
     assert green in [migrate.actions[0].argv[i:i + len(green)] for i in range(len(migrate.actions[0].argv))]
     assert migrate.outlives_connection, "a lost connection in the window undoes nothing under a running migration"
     assert _step(plan, "switch to green") == traffic.switch(local_config, blue_live_state, "green", REL_NEW)
-    assert _step(plan, "maintenance off") == maintenance.off_step(local_config)
+    assert _step(plan, "maintenance off") == maintenance.off_step(local_config, maintenance.WINDOW)
     assert _step(plan, "check through nginx").actions[0].expect == SHA_NEW
 
 
@@ -219,11 +235,18 @@ def test_window_deploy_without_migration(local_config, blue_live_state):
 
 def test_window_the_operator_opened_stays_open(local_config, blue_live_state):
     """maintenance-on before a --maintenance deploy: the deploy neither opens nor closes the window."""
-    state = dataclasses.replace(blue_live_state, maintenance=True)
+    state = dataclasses.replace(blue_live_state, maintenance=True, maintenance_by=maintenance.OPERATOR)
     plan = container_deploy(local_config, state, SHA_NEW, REL_NEW, window=True)
     assert _names(plan) == [n for n in WINDOW_STEPS if not n.startswith("maintenance")]
     assert not any(FLAG in argv for s in plan.steps for a in (*s.actions, *s.undo) if isinstance(a, Cmd)
                    for argv in a.argv)
+
+
+def test_a_window_left_by_a_dead_window_deploy_is_the_next_ones_to_close(local_config, blue_live_state):
+    """Its deploy held the lock, so a window flag found by the next deploy is a dead deploy's."""
+    state = dataclasses.replace(blue_live_state, maintenance=True, maintenance_by=maintenance.WINDOW)
+    plan = container_deploy(local_config, state, SHA_NEW, REL_NEW, window=True)
+    assert _names(plan) == WINDOW_STEPS
 
 
 def test_no_window_has_no_maintenance_steps(local_config, blue_live_state):

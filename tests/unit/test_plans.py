@@ -92,6 +92,8 @@ def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_
         (None, f"{ROOT}/state/green"),
         (f"releases/{REL_OLD}", f"{ROOT}/current"),
     ]
+    assert switch.undo[-1] == cmd("sleep", "1"), \
+        "traffic put back settles, as in drain, before the undo of the start stops the new colour"
 
     drain = _step(plan, "drain blue")
     assert drain.best_effort
