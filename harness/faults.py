@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from deploytasks import config as configuration
 from deploytasks.layout import Layout
 
 from . import testbed
-from .load import Load, summarize
+from .load import VERSION_HEADER, Load, summarize
 
 KILL, CUT, CTRL_C = "kill", "cut", "ctrl-c"
 DEPLOYER_FAULTS = (KILL, CUT, CTRL_C)
@@ -296,13 +295,13 @@ def public(config: configuration.Config) -> str:
 
 
 def serving(config: configuration.Config) -> str:
-    """What a visitor gets now: a SHA, 'maintenance', or the error."""
+    """What a visitor gets now: the SHA that answered, 'maintenance', or the error."""
     try:
-        response = requests.get(f"{public(config)}/version", timeout=5)
+        response = requests.get(f"{public(config)}/", timeout=5)
     except requests.RequestException as error:
         return f"error: {type(error).__name__}"
     if response.status_code == 200:
-        return response.text.strip()
+        return response.headers.get(VERSION_HEADER, "no version header")
     if response.status_code == 503 and response.headers.get("Retry-After"):
         return "maintenance"
     return f"HTTP {response.status_code}"
@@ -483,27 +482,17 @@ def line_of(row: dict) -> str:
 
 def run(root: Path, out: str | None = None, *, full: bool = True, flows: tuple[Flow, ...] = FLOWS,
         host_faults: bool | tuple[str, ...] = True, echo: Echo = print) -> Report:
-    """The whole table (full) or the README subset. Container and process flows are different
-    apps on the testbed and run side by side; host faults run alone at the end."""
+    """The whole table (full) or the README subset, one case at a time: the flows share the
+    testbed's nginx, and one flow's reload (a first deploy installing its site) resets the other's
+    idle keep-alive connections, which is not what a case measures."""
     testbed.up(echo=echo)
-    lock = threading.Lock()
-
-    def say(line: str) -> None:
-        with lock:
-            echo(line)
-
     report = Report()
     with tempfile.TemporaryDirectory(prefix="deploytasks-faults-") as base:
         home = project(root, Path(base))
-        containers = [f for f in flows if config_of(home, f.env).mode == "containers"]
-        process_flows = [f for f in flows if f not in containers]
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            jobs = [pool.submit(lambda fs=fs: [row for f in fs for row in run_flow(home, f, full, say)])
-                    for fs in (containers, process_flows) if fs]
-            for job in jobs:
-                report.rows.extend(job.result())
+        for flow in flows:
+            report.rows.extend(run_flow(home, flow, full, echo))
         if host_faults:
-            report.rows.extend(run_host_faults(home, say, host_faults if isinstance(host_faults, tuple) else None))
+            report.rows.extend(run_host_faults(home, echo, host_faults if isinstance(host_faults, tuple) else None))
         for env in ("local", "local-process"):
             testbed.reset_app(config_of(home, env))
     passed = sum(row["ok"] for row in report.rows)
