@@ -240,13 +240,14 @@ def _fill(deployer: Deployer, config: configuration.Config) -> str:
     filler = Path(config.deploy_path, "filler")
     subprocess.run(["fallocate", "-l", str(shutil.disk_usage(config.deploy_path).free), str(filler)],
                    capture_output=True)
-    with open(filler, "ab") as out:  # whatever fallocate left, to the last block
-        try:
-            while True:
-                out.write(b"\0" * 4096)
-                out.flush()
-        except OSError:
+    fd = os.open(filler, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # unbuffered: whatever fallocate left
+    try:
+        while os.write(fd, b"\0" * 4096):
             pass
+    except OSError:  # no space left: the point
+        pass
+    finally:
+        os.close(fd)
     return f"{shutil.disk_usage(config.deploy_path).free} bytes free"
 
 
