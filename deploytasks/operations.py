@@ -142,11 +142,11 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
         reason = remote.console.mask(str(failure).splitlines()[0])[:300]
         outcome = ended if failure.undone else "failed, not undone"
         left = progress.UNDO_FAILED if not failure.undone else progress.LOST if ended == "lost" else None
-        _record_failure(remote, (
+        _record(remote, (
             history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, owner, outcome, started, [],
                                                       failed_after=failure.completed, reason=reason)),
             progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner, left, started))
-            if left else progress.clear_argv(layout)))
+            if left else progress.clear_argv(layout)), "the failure")
         if plan.summary.get("window") and phases.MIGRATE in failure.completed:
             failure.details.append("the migration had already run: the previous version was started again on the "
                                    "new schema; see `status` for whether maintenance mode is still on")
@@ -154,8 +154,7 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
     window = maintenance.window_seconds(outcome.steps)
     record = history.entry(plan.kind, plan.sha, colour, owner, "ok", started, outcome.steps,
                            warnings=outcome.warnings, **({"window_s": window} if window is not None else {}))
-    remote.run(history.append_argv(layout, record))
-    remote.run(progress.clear_argv(layout))
+    _record(remote, (history.append_argv(layout, record), progress.clear_argv(layout)), "the deploy")
     if window is not None:
         remote.console(f"maintenance window: {window:.2f}s")
     remote.console(f"done: {plan.sha} serves from {colour} ({record['duration_s']}s)" if plan.sha
@@ -163,9 +162,10 @@ def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> 
     return plan.sha
 
 
-def _record_failure(remote: Remote, commands: tuple[tuple[str, ...], ...]) -> None:
-    """The failure's history line and marker, on a fresh connection if the failure was the
-    connection's; without them the next deploy can only say that this one died."""
+def _record(remote: Remote, commands: tuple[tuple[str, ...], ...], what: str) -> None:
+    """The outcome's history line and marker, on a fresh connection if the one the plan ran on
+    broke (a deploy that finished must not end as failed, nor be called dead by the next one,
+    because its connection dropped after the last step)."""
     for attempt in (1, 2):
         try:
             for argv in commands:
@@ -174,7 +174,7 @@ def _record_failure(remote: Remote, commands: tuple[tuple[str, ...], ...]) -> No
         except TransportError:
             if attempt == 2 or not remote.reconnect():
                 break
-    remote.console("! could not record the failure in the host's history")
+    remote.console(f"! could not record {what} in the host's history")
 
 
 def status(target: Target) -> None:

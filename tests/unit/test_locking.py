@@ -397,3 +397,30 @@ def test_a_lease_lapsed_on_leaving_is_dated_back_and_only_by_its_holder(tmp_path
     ours = subprocess.run(lock.renew_argv(layout, INFO, "migrate", lapse=True))
     assert ours.returncode == 0 and os.stat(layout.lock_lease).st_mtime == 0
     assert open(layout.lock_lease).read() == "migrate\n"
+
+
+def test_a_deploy_whose_connection_drops_after_its_last_step_records_ok_on_a_fresh_one(
+        memory_host, local_config, capsys):
+    """Finished is finished: not 'failed' for the deployer, nor 'died' for the next deploy."""
+    from deploytasks import operations
+
+    from deploytasks.remote.transport import TransportError
+
+    memory_host.answer(re.compile(r"8080/version"), 0, "b" * 40)  # the check through nginx sees the new SHA
+    dropped = []
+
+    def drop_once():
+        if not dropped:
+            dropped.append(True)
+            raise TransportError("connection dropped (memory transport)")
+
+    memory_host.on(re.compile(r'history\.jsonl.*"outcome": "ok"'), drop_once)
+    serving = operations.deploy(operations.Target(local_config, ("127.0.0.1",)), "b" * 40)
+    assert serving == {"127.0.0.1": "b" * 40}
+    appends = [c for c in memory_host.commands if "history.jsonl" in c and '"outcome": "ok"' in c]
+    assert len(appends) == 2, "dropped once, then recorded on a fresh connection"
+    last = max(i for i, c in enumerate(memory_host.commands) if c == appends[-1])
+    after = memory_host.commands[last + 1:]
+    assert after and "rm -f /srv/example/state/deploying" in after[0], "the marker is cleared too"
+    out = capsys.readouterr().out
+    assert "reconnected" in out and "could not record" not in out
