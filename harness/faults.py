@@ -481,6 +481,24 @@ def line_of(row: dict) -> str:
             f"status {row['status_exit']} history {history:20} {'PASS' if row['ok'] else 'FAIL'}")
 
 
+def grid(rows: list[dict]) -> str:
+    """The table per flow: a line per step, a column per fault, each cell what visitors were left
+    with and failed/total requests; `!` marks a case that did not pass."""
+    def table(row: dict) -> str:
+        return row["flow"] if row["fault"] in DEPLOYER_FAULTS else "host faults"
+
+    lines = []
+    for flow in dict.fromkeys(map(table, rows)):
+        mine = [row for row in rows if table(row) == flow]
+        columns = list(dict.fromkeys(row["fault"] for row in mine))
+        lines.append(f"{flow[:30]:30}" + "".join(f" {fault:17.17}" for fault in columns))
+        for step in dict.fromkeys(row["step"] for row in mine):
+            cells = {row["fault"]: f"{'' if row['ok'] else '!'}{row['left_serving'][:5]} {row['failed']}/{row['requests']}"
+                     for row in mine if row["step"] == step}
+            lines.append(f"  {step:28.28}" + "".join(f" {cells.get(fault, '-'):17}" for fault in columns))
+    return "\n".join(lines)
+
+
 def run(root: Path, out: str | None = None, *, full: bool = True, flows: tuple[Flow, ...] = FLOWS,
         host_faults: bool | tuple[str, ...] = True, echo: Echo = print) -> Report:
     """The whole table (full) or the README subset, one case at a time: the flows share the
@@ -497,9 +515,7 @@ def run(root: Path, out: str | None = None, *, full: bool = True, flows: tuple[F
         for env in ("local", "local-process"):
             testbed.reset_app(config_of(home, env))
     passed = sum(row["ok"] for row in report.rows)
-    echo(f"\n{passed} of {len(report.rows)} cases passed")
-    for row in report.rows:
-        echo(line_of(row))
+    echo(f"\n{grid(report.rows)}\n\n{passed} of {len(report.rows)} cases passed")
     if out:
         Path(out).write_text(json.dumps(report.rows, indent=2) + "\n")
         echo(f"wrote {out}")
