@@ -372,25 +372,27 @@ def _run_case(home: Path, case: Case, echo: Echo) -> dict:
         seen += 1
         return seen == case.index if case.index is not None else step_name(matched.group(1)) == case.step
 
-    with Load("127.0.0.1", config.nginx_listen, clients=4, rate=80.0, min_requests=0, min_seconds=0) as load:
-        deployer = Deployer(home, argv)
-        try:
-            if deployer.until(boundary) is not None:
-                note = fault.hit(deployer, config)
-            code = deployer.finish()
-        finally:
-            if deployer.proc.poll() is None:
-                deployer.proc.kill()
-        after_fault = serving(config)
+    try:  # a host fault is cleared whatever happens, or it would break every case after this one
+        with Load("127.0.0.1", config.nginx_listen, clients=4, rate=80.0, min_requests=0, min_seconds=0) as load:
+            deployer = Deployer(home, argv)
+            try:
+                if deployer.until(boundary) is not None:
+                    note = fault.hit(deployer, config)
+                code = deployer.finish()
+            finally:
+                if deployer.proc.poll() is None:
+                    deployer.proc.kill()
+            after_fault = serving(config)
+    finally:
+        fault.clear(config)
     summary = summarize(load.samples, maintenance_ok=case.flow.window)
-    fault.clear(config)
 
     next_code, next_out = run_to_end(home, argv)
     claimed = SERVES.search(next_out.splitlines()[-1] if next_out else "")
     now = serving(config)
     status_code, status_out = run_to_end(home, ["status", "--env", case.flow.env])
-    left = items(config) if now not in ("maintenance",) and not now.startswith(("HTTP", "error")) else []
-    data_ok = marker in left and left[:len(kept)] == kept
+    found = items(config) if now != "maintenance" and not now.startswith(("HTTP", "error")) else []
+    data_ok = marker in found and found[:len(kept)] == kept
     history = [record.get("outcome") for record in history_lines(config)[history_before:]]
     allowed = {before, goal} if goal else set(names)  # a rollback goes either way
     left = "old" if after_fault == before else "new" if after_fault in allowed else after_fault
