@@ -2,7 +2,7 @@
 (<app>-blue, <app>-green) running images tagged by SHA; stateful services run once, in project
 <app>, and a deploy never recreates them.
 
-Staging a release uploads the team's compose files as they are plus our overlay, pulls the
+Staging a release uploads the team's compose files and env files as they are plus our overlay, pulls the
 images (never builds), creates the shared networks and brings up the stateful services.
 """
 from __future__ import annotations
@@ -136,6 +136,9 @@ def _uploads(config, model, release_dir, sha, colour) -> tuple[Put, ...]:
         Put(f"{release_dir}/{compose.OVERLAY}", compose.overlay(config, model, layout, release_dir, sha, colour).encode()),
         Put(f"{release_dir}/{compose.INTERPOLATION_ENV}", compose.interpolation_env(config, sha, colour).encode()),
         Put(f"{release_dir}/{APP_ENV}", compose.app_env(config.app_env).encode(), mode=0o600, secret=True),
+        # the services' own env files, where compose looks for them: beside the compose files
+        *(Put(f"{release_dir}/{env_file.name}", env_file.content, mode=0o600, secret=True)
+          for env_file in config.env_files),
         Put(f"{release_dir}/RELEASE.json", (json.dumps({"sha": sha, "colour": colour, "env": config.env}) + "\n").encode()),
     ]
     return tuple(files)
