@@ -83,6 +83,7 @@ class Config:
     keep_releases: int
     app_env: dict[str, str] = field(repr=False)
     env_files: tuple[EnvFile, ...] = ()
+    excluded: tuple[str, ...] = ()  # compose services left out of the deploy (EXCLUDE_SERVICES)
     maintenance_allow: tuple[str, ...] = ()
     processes: "ProcessConfig | None" = None
     site_template: Path = PACKAGED_TEMPLATES / TEMPLATES["site"]
@@ -171,11 +172,17 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
     both = sorted(set(stateless) & set(stateful))
     if both:
         problems.append(f"STATEFUL_SERVICES: {', '.join(both)} cannot also be stateless")
+    excluded = values["EXCLUDE_SERVICES"]
+    deployed = sorted(set(excluded) & {*stateless, *stateful})
+    if deployed:
+        problems.append(f"EXCLUDE_SERVICES: {', '.join(deployed)} cannot also be deployed (stateless or stateful)")
     compose_files = _compose_files(root, values["COMPOSE_FILES"], problems)
     env_files: tuple[EnvFile, ...] = ()
+    services: dict[str, dict] = {}
     if mode == "containers":
-        env_files = _check_compose(root, compose_files, stateless, stateful, problems)
-    images = _images(raw, stateless if mode == "containers" else (), problems)
+        services = _check_compose(compose_files, stateless, stateful, excluded, problems)
+        env_files = _env_files(root, compose_files[0].parent, services, problems) if services else ()
+    images = _images(raw, stateless if mode == "containers" else (), services, problems)
     problems.extend(f"{k}: unknown key" for k in sorted(raw) if not keys.defined(k))
     app_env = _app_env(root, values["APP_ENV_FILE"], values["APP_ENV_PASSTHROUGH"], environ, problems)
 
@@ -216,6 +223,7 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
         keep_releases=values["KEEP_RELEASES"],
         app_env=app_env,
         env_files=env_files,
+        excluded=excluded,
         maintenance_allow=values["MAINTENANCE_ALLOW"],
         processes=_processes(root, values, problems) if mode == "processes" else None,
         site_template=template(root, "site", problems),
@@ -306,12 +314,17 @@ def _compose_files(root: Path, names: tuple[str, ...], problems: list[str]) -> t
     return tuple(inside)
 
 
-def _images(raw: dict[str, str], stateless: tuple[str, ...], problems: list[str]) -> dict[str, str]:
+def _images(raw: dict[str, str], stateless: tuple[str, ...], services: dict[str, dict],
+            problems: list[str]) -> dict[str, str]:
     images = {}
     for service in stateless:
         key = image_key(service)
         image = raw.get(key, "").strip()
-        if not image:
+        if not image and _build_only(services.get(service) or {}):
+            problems.append(f"{key}: missing: service {service!r} only has build:, and deploytasks never builds on "
+                            f"a host: set {key} to the image CI builds and pushes (tagged by SHA), or leave the "
+                            "service out (EXCLUDE_SERVICES)")
+        elif not image:
             problems.append(f"{key}: missing (the image of stateless service {service!r}, tagged by SHA at deploy)")
         else:
             keys.IMAGES.check(key, image, problems)
@@ -360,28 +373,52 @@ def env_file_entries(spec: dict) -> list[tuple[str, bool]]:
     return entries
 
 
-def _check_compose(root, files, stateless, stateful, problems) -> tuple[EnvFile, ...]:
-    """The services of the deploy against the compose files; returns the env files they name."""
+def _check_compose(files, stateless, stateful, excluded, problems) -> dict[str, dict]:
+    """The services of the deploy against the compose files; returns the deployed ones' specs."""
     if not files:
         problems.append("COMPOSE_FILES: empty (required for MODE=containers)")
-        return ()
+        return {}
     read_problems: list[str] = []
     model = compose_model(files, read_problems)
     problems.extend(read_problems)
     if read_problems:
-        return ()
+        return {}
     services = set(model["services"])
     for name in stateless:
         problems.extend(_blue_green_problems(name, model["services"].get(name) or {}))
-    for key, names in (("STATELESS_SERVICES", stateless), ("STATEFUL_SERVICES", stateful)):
+    for key, names in (("STATELESS_SERVICES", stateless), ("STATEFUL_SERVICES", stateful), ("EXCLUDE_SERVICES", excluded)):
         unknown = [n for n in names if n not in services]
         if unknown:
             problems.append(f"{key}: unknown service {', '.join(map(repr, unknown))} (compose defines {', '.join(sorted(services))})")
-    unclassified = sorted(services - set(stateless) - set(stateful))
+    unclassified = sorted(services - set(stateless) - set(stateful) - set(excluded))
     if unclassified:
-        problems.append(f"STATEFUL_SERVICES: compose service {', '.join(map(repr, unclassified))} is neither stateless nor stateful")
-    deployed = [n for n in (*stateless, *stateful) if n in services]
-    return _env_files(root, files[0].parent, {n: model["services"][n] or {} for n in deployed}, problems)
+        problems.append(f"STATEFUL_SERVICES: compose service {', '.join(map(repr, unclassified))} is neither stateless "
+                        "nor stateful (nor in EXCLUDE_SERVICES)")
+    deployed = {n: model["services"][n] or {} for n in (*stateless, *stateful) if n in services}
+    for name, spec in deployed.items():
+        if name in stateful and _build_only(spec):
+            problems.append(f"COMPOSE_FILES: service {name!r} only has build:, and deploytasks never builds on a host: "
+                            "give it an image: that CI pushes, or leave it out (EXCLUDE_SERVICES)")
+        needed = sorted(set(_services_used(spec)) & set(excluded))
+        if needed:
+            problems.append(f"EXCLUDE_SERVICES: service {name!r} needs {', '.join(map(repr, needed))} (depends_on, "
+                            "links, volumes_from or network_mode), which is never started: compose would refuse the "
+                            "project; remove that dependency or deploy the service")
+    return deployed
+
+
+def _build_only(spec: dict) -> bool:
+    return spec.get("build") is not None and not spec.get("image")
+
+
+def _services_used(spec: dict) -> list[str]:
+    """The other services a service cannot run without, in compose's every way of saying so."""
+    depends = spec.get("depends_on") or []
+    used = [str(n) for n in (depends if isinstance(depends, (list, dict)) else [])]
+    used += [str(link).split(":")[0] for link in _listed(spec.get("links"))]
+    used += [str(v).split(":")[0] for v in _listed(spec.get("volumes_from")) if not str(v).startswith("container:")]
+    mode = str(spec.get("network_mode") or "")
+    return used + ([mode.split(":", 1)[1]] if mode.startswith("service:") else [])
 
 
 def _env_files(root: Path, base: Path, services: dict[str, dict], problems: list[str]) -> tuple[EnvFile, ...]:

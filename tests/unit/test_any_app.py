@@ -145,3 +145,100 @@ def test_the_overlay_keeps_the_services_env_files_and_adds_app_env_last(tmp_path
 
 def test_reserved_release_names_include_what_the_container_backend_writes():
     assert {compose.OVERLAY, compose.INTERPOLATION_ENV} <= set(configuration.RESERVED_IN_RELEASE)
+
+
+# --- build: never on a host; services left out ------------------------------------------------------
+
+BUILD_COMPOSE = """\
+services:
+  web:
+    build: .
+    pull_policy: build
+    ports: ["8000:8000"]
+  worker:
+    build: {context: ., dockerfile: Dockerfile.worker}
+    image: ghcr.io/acme/worker:latest
+  db:
+    build: ./db
+    image: postgres:16
+  cache:
+    image: redis
+  proxy:
+    build: ./nginx
+    depends_on: [web]
+    ports: ["80:80"]
+"""
+BUILD_ENV = replace_keys(GOOD_ENV, STATELESS_SERVICES="web,worker", STATEFUL_SERVICES="db,cache",
+                         IMAGE_WORKER="ghcr.io/acme/worker", EXCLUDE_SERVICES="proxy")
+
+
+def _overlay_services(config) -> tuple[str, dict]:
+    text = compose.overlay(config, compose.model(config), Layout.of(config), RELEASE_DIR, SHA, "green")
+    loader = type("Loader", (yaml.SafeLoader,), {})
+    loader.add_constructor("!reset", lambda loader, node: "RESET")
+    return text, yaml.load(text, Loader=loader)["services"]
+
+
+def test_no_service_is_ever_built_on_the_host(tmp_path):
+    config = configuration.load(_root(tmp_path, BUILD_COMPOSE, BUILD_ENV, files={}), "t", environ={})
+    text, services = _overlay_services(config)
+    # compose would build a missing image of a service with `build:`: the overlay drops every one
+    assert services["web"]["build"] == services["worker"]["build"] == services["db"]["build"] == "RESET"
+    assert services["web"]["pull_policy"] == "missing"  # `build` needs the build section it no longer has
+    assert "pull_policy" not in services["worker"]
+    assert services["db"] == {"build": "RESET"}  # a stateful service keeps its compose image
+    assert "cache" not in services  # nothing to change
+    assert services["web"]["image"] == f"ghcr.io/acme/shop-web:{SHA}"
+    assert "    build: !reset []\n" in text
+
+
+def test_excluded_services_are_gone_from_every_project(tmp_path, first_state):
+    config = configuration.load(_root(tmp_path, BUILD_COMPOSE, BUILD_ENV, files={}), "t", environ={})
+    assert config.excluded == ("proxy",)
+    text, services = _overlay_services(config)
+    assert services["proxy"] == "RESET" and "  proxy: !reset []\n" in text
+    plan = container_deploy(config, first_state, SHA, RELEASE)
+    assert not any("proxy" in action.argv for step in plan.steps for action in step.actions if hasattr(action, "argv"))
+
+
+def test_a_build_only_service_without_an_image_is_a_clear_problem(tmp_path):
+    text = BUILD_COMPOSE.replace("    build: ./db\n    image: postgres:16\n", "    build: ./db\n")
+    problems = _problems(_root(tmp_path, text, replace_keys(BUILD_ENV, IMAGE_WEB=None), files={}))
+    assert problems == [
+        "COMPOSE_FILES: service 'db' only has build:, and deploytasks never builds on a host: give it an image: "
+        "that CI pushes, or leave it out (EXCLUDE_SERVICES)",
+        "IMAGE_WEB: missing: service 'web' only has build:, and deploytasks never builds on a host: set IMAGE_WEB to "
+        "the image CI builds and pushes (tagged by SHA), or leave the service out (EXCLUDE_SERVICES)",
+    ]
+
+
+def test_excluded_service_names_are_checked(tmp_path):
+    env = replace_keys(BUILD_ENV, EXCLUDE_SERVICES="proxy,nginx,cache")
+    problems = _problems(_root(tmp_path, BUILD_COMPOSE, env, files={}))
+    assert problems == [
+        "EXCLUDE_SERVICES: cache cannot also be deployed (stateless or stateful)",
+        "EXCLUDE_SERVICES: unknown service 'nginx' (compose defines cache, db, proxy, web, worker)",
+    ]
+
+
+def test_a_service_left_out_is_classified(tmp_path):
+    problems = _problems(_root(tmp_path, BUILD_COMPOSE, replace_keys(BUILD_ENV, EXCLUDE_SERVICES=None), files={}))
+    assert problems == ["STATEFUL_SERVICES: compose service 'proxy' is neither stateless nor stateful "
+                        "(nor in EXCLUDE_SERVICES)"]
+
+
+@pytest.mark.parametrize("needs", ["depends_on: [proxy]", "depends_on: {proxy: {condition: service_started}}",
+                                   "links: ['proxy:edge']", "volumes_from: ['proxy:ro']", "network_mode: service:proxy"])
+def test_a_deployed_service_needing_an_excluded_one_is_refused(tmp_path, needs):
+    """compose refuses a project whose service depends on one that is not there (checked with
+    docker compose config v2.40): say so before connecting, by key."""
+    text = BUILD_COMPOSE.replace("    image: redis\n", f"    image: redis\n    {needs}\n")
+    assert _problems(_root(tmp_path, text, BUILD_ENV, files={})) == [
+        "EXCLUDE_SERVICES: service 'cache' needs 'proxy' (depends_on, links, volumes_from or network_mode), which is "
+        "never started: compose would refuse the project; remove that dependency or deploy the service"]
+
+
+def test_excluded_services_env_files_are_neither_checked_nor_uploaded(tmp_path):
+    text = BUILD_COMPOSE.replace("    depends_on: [web]\n", "    depends_on: [web]\n    env_file: proxy.env\n")
+    config = configuration.load(_root(tmp_path, text, BUILD_ENV, files={}), "t", environ={})
+    assert config.env_files == ()
