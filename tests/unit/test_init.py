@@ -13,7 +13,6 @@ from dotenv import dotenv_values
 
 from deploytasks import cli, keys, scaffold
 from deploytasks import config as configuration
-from deploytasks.errors import ConfigError
 
 # A Django-style app: web and worker from the app's image, postgres and redis, and an nginx proxy
 # built from ./nginx (which the host's nginx replaces).
