@@ -202,7 +202,7 @@ def problems(config: Config, state: HostState) -> list[str]:
     """What makes `status` exit non-zero: visitors get errors now, or a deploy stopped half way."""
     found = []
     if state.deployed and state.live_answers is False:
-        found.append(f"the live colour ({state.live}) does not answer {config.health_path} on its socket: "
+        found.append(f"the live colour ({state.live}) does not answer HEALTH_PATH {config.health_path} on its socket: "
                      "nginx answers 502; `rollback` or a deploy repairs it")
     if state.maintenance and state.maintenance_by == maintenance.WINDOW and not state.lock:
         found.append("maintenance mode was left on by a maintenance-window deploy that did not finish")
@@ -220,7 +220,7 @@ def describe_state(config: Config, state: HostState) -> list[str]:
         lines.append(f"{config.app_name} ({config.env}): {release_sha(live_release)} serving from {state.live}"
                      f" (release {live_release})")
         if state.live_answers is False:
-            lines.append(f"!! the live colour does not answer {config.health_path}: visitors get 502")
+            lines.append(f"!! the live colour does not answer HEALTH_PATH {config.health_path}: visitors get 502")
         if state.maintenance and state.maintenance_by == maintenance.WINDOW:
             lines.append("!! maintenance mode: ON, left by a maintenance-window deploy that did not finish (the "
                          "migration may have run): the next `deploy --maintenance` lifts it, or `maintenance-off`")

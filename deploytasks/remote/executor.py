@@ -226,7 +226,8 @@ def _poll(remote: Remote, poll: Poll) -> None:
             next_note += PROGRESS_EVERY
         if now >= deadline:
             seen = tail(result, 5) if not result.ok else [f"answered {result.stdout.strip()[:80]!r}, expected {poll.expect!r}"]
-            raise StepFailed(f"{remote.host}: not ready after {poll.timeout:g}s", [remote.console.mask(s) for s in seen])
+            raise StepFailed(f"{remote.host}: {remote.console.mask(poll.gave_up(chr(10).join(seen)))}",
+                             [remote.console.mask(s) for s in seen])
         _check_interrupt(remote)
         time.sleep(poll.interval)
 

@@ -40,9 +40,9 @@ def test_a_healthy_host_has_no_problems(local_config):
 def test_a_live_colour_that_does_not_answer_is_a_problem(local_config):
     state = _serving(live_answers=False)
     assert operations.problems(local_config, state) == [
-        "the live colour (green) does not answer /healthz on its socket: nginx answers 502; `rollback` or a deploy "
+        "the live colour (green) does not answer HEALTH_PATH /healthz on its socket: nginx answers 502; `rollback` or a deploy "
         "repairs it"]
-    assert "!! the live colour does not answer /healthz: visitors get 502" in operations.describe_state(local_config, state)
+    assert "!! the live colour does not answer HEALTH_PATH /healthz: visitors get 502" in operations.describe_state(local_config, state)
 
 
 def test_a_marker_whose_deploy_holds_the_lock_is_in_progress_not_a_problem(local_config):

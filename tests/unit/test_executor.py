@@ -309,6 +309,38 @@ def test_a_poll_that_never_succeeds_shows_the_tail_of_its_output(host):
     assert str(failed.value) == f"web1: not ready after 5s:\n  - curl: (22) 503 {MASK}"
 
 
+@pytest.mark.parametrize("stderr, meaning", [
+    ("curl: (22) The requested URL returned error: 404", "answered HTTP 404: the app has no /readyz; set READY_PATH "
+                                                         "to the path it answers"),
+    ("curl: (22) The requested URL returned error: 400 Bad Request",
+     "answered HTTP 400: the app refuses the request, often its Host header (localhost, the first name of "
+     "SERVER_NAME), as Django does for a name not in ALLOWED_HOSTS"),
+    ("curl: (22) The requested URL returned error: 503", "answered HTTP 503"),
+    ("curl: (7) Couldn't connect to server", "nothing answers on it (no server listening yet)"),
+    ("something else", ""),
+])
+def test_a_readiness_gate_that_fails_names_its_key_and_the_answer(host, clock, local_config, stderr, meaning):
+    from deploytasks import traffic
+
+    [poll] = traffic.readiness(local_config, "green").actions
+    host.transport.answer(line(poll), exited=22, stderr=stderr + "\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("ready", (poll,))))
+    headline = f"web1: GET /readyz (READY_PATH) on the green colour's socket: not ready after {poll.timeout:g}s"
+    assert str(failed.value) == f"{headline}{': ' + meaning if meaning else ''}:\n  - {stderr}"
+
+
+def test_the_check_through_nginx_names_version_path(host, clock, local_config):
+    from deploytasks import traffic
+
+    [poll] = traffic.verify(local_config, SHA).actions
+    host.transport.answer(line(poll), exited=22, stderr="curl: (22) The requested URL returned error: 502\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("verify", (poll,))))
+    assert str(failed.value).splitlines()[0] == ("web1: GET /version (VERSION_PATH) through nginx: not ready after "
+                                                 f"{poll.timeout:g}s: answered HTTP 502:")
+
+
 # --- undo that knows what serves ---------------------------------------------------------------------
 
 def test_a_switch_that_cannot_be_undone_keeps_what_serves(host):
