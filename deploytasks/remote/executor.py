@@ -121,7 +121,7 @@ class Remote:
             else:
                 result = self.transport.run(line, timeout=seconds)
         except Unanswered as error:
-            raise Unanswered(f"`{self.console.mask(line)[:120]}`: {error}, though the host stops it after "
+            raise Unanswered(f"`{self.console.mask(brief(argv, 120))}`: {error}, though the host stops it after "
                              f"{seconds:g}s ({key}): the host or the connection is stuck") from error
         # 124/137 is the bound only if the bound has passed: the command's own exit code otherwise
         if result.exited in TIMED_OUT_EXITS and time.monotonic() - started >= seconds:
@@ -144,6 +144,33 @@ class Remote:
 
     def close(self) -> None:
         self.transport.close()
+
+
+ELIDED = "…"
+BRIEF_HEAD = 4  # leading arguments kept: what runs, and on what (`docker compose -p shop-green`)
+
+
+def brief(argv: tuple[str, ...], limit: int = 150) -> str:
+    """A command as messages show it, in about `limit` characters: whole arguments only (a path cut
+    in the middle reads as another path), the middle ones elided. The first few say what runs, the
+    last ones what it does (`... up -d --wait web`); a script or any argument too long to show
+    whole is elided too."""
+    words = [shlex.quote(arg) for arg in argv]
+    if len(" ".join(words)) <= limit:
+        return " ".join(words)
+    fits = lambda word: "\n" not in word and len(word) <= limit // 3  # noqa: E731
+    head: list[str] = []
+    for word in words[:BRIEF_HEAD]:
+        if not fits(word):
+            break
+        head.append(word)
+    room, last = limit - len(" ".join(head)) - len(ELIDED) - 2, []
+    for word in reversed(words[len(head):]):
+        if not fits(word) or len(word) + 1 > room:
+            break
+        last.insert(0, word)
+        room -= len(word) + 1
+    return " ".join(part for part in (" ".join(head), ELIDED, " ".join(last)) if part)
 
 
 def tail(result, lines: int = TAIL_LINES) -> list[str]:
@@ -202,7 +229,7 @@ def _perform(remote: Remote, action) -> None:
             return
         result = remote.command(action, stream=action.stream)
         if not result.ok:
-            command = remote.console.mask(shlex.join(action.argv))[:200]
+            command = remote.console.mask(brief(action.argv, 200))
             raise StepFailed(f"{remote.host}: `{command}` {ending(result)}",
                              [remote.console.mask(line) for line in tail(result)])
     elif isinstance(action, Put):
@@ -235,7 +262,7 @@ def _poll(remote: Remote, poll: Poll) -> None:
 def _diagnose(remote: Remote, step: Step) -> None:
     for action in step.diagnose:
         result = _try(remote, action)
-        remote.console(f"   | $ {remote.console.mask(shlex.join(action.argv))}"[:160])  # masked before it is cut
+        remote.console(f"   | $ {remote.console.mask(brief(action.argv))}")
         shown = tail(result, 40) + ([ending(result)] if result.timed_out else []) if result else ["(could not run)"]
         for line in shown:
             remote.console(f"   | {remote.console.mask(line)}")
@@ -265,7 +292,7 @@ def _undo_action(remote: Remote, action: Cmd) -> bool:
     if result is not None and result.ok:
         return True
     if result is None and not remote.reconnect():
-        remote.console(f"   ! undo `{remote.console.mask(shlex.join(action.argv))[:160]}` failed: the connection failed")
+        remote.console(f"   ! undo `{remote.console.mask(brief(action.argv))}` failed: the connection failed")
         return False
     if result is not None:
         time.sleep(UNDO_RETRY_PAUSE)
@@ -274,7 +301,7 @@ def _undo_action(remote: Remote, action: Cmd) -> bool:
         return True
     reason = ("the connection failed" if result is None else ending(result) if result.timed_out
               else " ".join(tail(result, 2)))
-    remote.console(f"   ! undo `{remote.console.mask(shlex.join(action.argv))[:160]}` failed: {remote.console.mask(reason)}")
+    remote.console(f"   ! undo `{remote.console.mask(brief(action.argv))}` failed: {remote.console.mask(reason)}")
     return False
 
 

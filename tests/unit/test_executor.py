@@ -529,3 +529,40 @@ def test_a_hard_abort_inside_the_lock_keeps_the_lock(local_config, capsys):
         "[web1] ! aborted mid-step: the deploy lock is kept, as the host may be half-way through a command; "
         "the next deploy takes it over once this connection is gone and nothing it registered still runs "
         "(`status` shows it)")
+
+
+# --- commands in messages are shortened by whole arguments -------------------------------------------
+
+RELEASE_DIR = "/srv/shop/releases/20240102T000000Z-" + "b" * 40
+UP = ("docker", "compose", "-p", "shop-green", "--env-file", f"{RELEASE_DIR}/compose.env",
+      "-f", f"{RELEASE_DIR}/compose/compose.yml", "-f", f"{RELEASE_DIR}/compose.deploy.yml",
+      "up", "-d", "--no-deps", "--force-recreate", "--wait", "--wait-timeout", "120", "web")
+
+
+@pytest.mark.parametrize("argv", [UP, ("sh", "-c", "set -e\n" + "echo step\n" * 40, "sh", "/srv/shop/run/web.sock"),
+                                  ("ls", "x" * 400), tuple("abcdefghij" * 30), ("cp", f"{RELEASE_DIR}/a", "/tmp/b")])
+@pytest.mark.parametrize("limit", [80, 120, 150, 200])
+def test_brief_elides_whole_arguments_only(argv, limit):
+    shown = executor.brief(argv, limit)
+    assert len(shown) <= limit
+    whole = {shlex.quote(arg) for arg in argv} | {executor.ELIDED}
+    assert all(word in whole for word in shown.split(" ")), shown  # no argument cut in the middle
+    if len(shlex.join(argv)) <= limit:
+        assert shown == shlex.join(argv)
+
+
+def test_brief_keeps_what_runs_and_what_it_does():
+    assert executor.brief(UP) == ("docker compose -p shop-green … up -d --no-deps --force-recreate --wait "
+                                  "--wait-timeout 120 web")
+    assert executor.brief(("sh", "-c", "a\nb\n" * 50, "sh", "/srv/shop/run/web.sock")) == \
+        "sh -c … sh /srv/shop/run/web.sock"
+
+
+def test_a_failed_commands_message_shows_it_briefly_and_masked(host):
+    failing = cmd(*UP[:-1], SECRET)
+    host.transport.answer(line(failing), exited=1, stderr="boom\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("start", (failing,))))
+    assert str(failed.value).splitlines()[0] == (
+        f"web1: `docker compose -p shop-green … up -d --no-deps --force-recreate --wait --wait-timeout 120 {MASK}` "
+        "failed (exit 1):")
