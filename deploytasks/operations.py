@@ -211,6 +211,19 @@ def problems(config: Config, state: HostState) -> list[str]:
     return found
 
 
+def _standby(state: HostState, colour: str, release: str) -> str:
+    """Whether `rollback` can return to the standby colour: its release must still be on the host,
+    and no deploy may have failed on that colour since (its undo removed what the colour ran)."""
+    if release not in state.releases:
+        return "its release was removed: not a rollback target; use rollback --to SHA"
+    last = next((r for r in reversed(state.history) if r.get("colour") == colour), None)
+    staged = last and (last.get("kind") != "rollback" or phases.PREPARE in (last.get("failed_after") or ()))
+    if last and last.get("outcome") != "ok" and staged:
+        return (f"left by the {last.get('outcome')} {last.get('kind')} of {last.get('sha')}: not a rollback target; "
+                "use rollback --to SHA")
+    return "rollback target"
+
+
 def describe_state(config: Config, state: HostState) -> list[str]:
     lines = []
     if not state.deployed:
@@ -228,7 +241,7 @@ def describe_state(config: Config, state: HostState) -> list[str]:
             lines.append("maintenance mode: ON (visitors get the maintenance page)")
         for colour, release in sorted(state.colours.items()):
             if colour != state.live:
-                lines.append(f"standby {colour}: {release_sha(release)} (rollback target)")
+                lines.append(f"standby {colour}: {release_sha(release)} ({_standby(state, colour, release)})")
     if state.in_progress:
         lines.append(("!! " if progress.left_behind(state.in_progress, state.lock, state.holder) else "")
                      + progress.describe(state.in_progress, state.lock, state.now or time.time(), state.holder))
