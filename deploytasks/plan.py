@@ -17,13 +17,15 @@ from . import phases, shas
 class Cmd:
     """One remote command. `unless`: skip it when that command succeeds (idempotence).
     `timeout`: seconds the host lets it run, from the setting named by `timeout_key`; None: the
-    bound of every other command (TIMEOUT_COMMAND), which the executor applies."""
+    bound of every other command (TIMEOUT_COMMAND), which the executor applies. `quiet`: a regex
+    of output lines that are expected noise, never shown (a warning about what we do on purpose)."""
 
     argv: tuple[str, ...]
     unless: tuple[str, ...] | None = None
     stream: bool = False  # show output live (pulls, migrations) instead of only on failure
     timeout: float | None = None
     timeout_key: str = ""
+    quiet: str = ""
 
     def bounded(self, seconds: float, key: str) -> Cmd:
         """This command with a bound of its own: `seconds`, set by the key `key`."""

@@ -144,5 +144,16 @@ def release_files_names(config: Config) -> list[str]:
     return [str(Path(p).relative_to(config.root)) for p in config.compose_files]
 
 
+def shared_volume_warning(config: Config) -> str:
+    """The line compose prints on every `up` and `run` of a project using a volume another of the
+    app's projects created (`volume "shop_media" already exists but was created for project
+    "shop-blue"`): sharing is the point here, so the line is dropped from what we show. Declaring
+    the volumes `external: true` instead would be wrong: the stateful project reads the same overlay
+    and could no longer create them on a fresh host, no project creates a volume only stateless
+    services use, and compose refuses `external` beside the team's `driver_opts`."""
+    app = re.escape(config.app_name)
+    return rf'volume \\?"[^"\\]+\\?" already exists but was created for project \\?"{app}(-blue|-green)?\\?"'
+
+
 def project(config: Config, colour: str | None = None) -> str:
     return f"{config.app_name}-{colour}" if colour else config.app_name

@@ -7,6 +7,7 @@ images (never builds), creates the shared networks and brings up the stateful se
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 
@@ -33,7 +34,8 @@ class ContainerColour:
         self.project = project or compose.project(config, colour)
 
     def __call__(self, *args: str, stream: bool = False) -> Cmd:
-        return Cmd(compose.command(self.config, self.dir, self.project, *args), stream=stream)
+        return Cmd(compose.command(self.config, self.dir, self.project, *args), stream=stream,
+                   quiet=compose.shared_volume_warning(self.config))
 
     def diagnostics(self) -> tuple[Cmd, ...]:
         return self("ps", "-a"), self("logs", "--no-color", "--tail", "30", *self.config.stateless)
@@ -74,9 +76,9 @@ class ContainerColour:
         name = f"{self.config.app_name}-{record}".lower()
         run = self("run", "--rm", "--name", name, "--no-deps", "-T", self.config.web_service,
                    *self.config.migrate_command)
-        return Step(phases.MIGRATE, (cmd(*tracked(Layout.of(self.config), record, "migration", run.argv, name),
-                                         stream=True).bounded(self.config.timeout_migrate, "TIMEOUT_MIGRATE"),),
-                    outlives_connection=True)
+        migration = cmd(*tracked(Layout.of(self.config), record, "migration", run.argv, name), stream=True)
+        return Step(phases.MIGRATE, (dataclasses.replace(migration, quiet=run.quiet).bounded(
+            self.config.timeout_migrate, "TIMEOUT_MIGRATE"),), outlives_connection=True)
 
 
 def check_images(config: Config, sha: str) -> None:

@@ -6,6 +6,7 @@ nothing of nginx, compose or gunicorn.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import signal
 import sys
@@ -108,14 +109,15 @@ class Remote:
         return self.transport.host
 
     def run(self, argv: tuple[str, ...], *, stream: bool = False, timeout: float | None = None,
-            timeout_key: str = "") -> Result:
+            timeout_key: str = "", quiet: str = "") -> Result:
         """argv on the host, stopped there after `timeout` seconds (the key `timeout_key`; without
-        one, TIMEOUT_COMMAND). A command stopped at its bound comes back with `timed_out` set."""
+        one, TIMEOUT_COMMAND). A command stopped at its bound comes back with `timed_out` set.
+        Output lines matching `quiet` are dropped, streamed or kept."""
         seconds, key = (timeout, timeout_key) if timeout is not None else (self.command_timeout, COMMAND_TIMEOUT_KEY)
         line, started = shlex.join(argv), time.monotonic()
         try:
             if stream:
-                out, err = self.console.writer(), self.console.writer()
+                out, err = self.console.writer(quiet=quiet), self.console.writer(quiet=quiet)
                 result = self.transport.run(line, out=out, err=err, timeout=seconds)
                 out.flush(), err.flush()
             else:
@@ -123,6 +125,9 @@ class Remote:
         except Unanswered as error:
             raise Unanswered(f"`{self.console.mask(brief(argv, 120))}`: {error}, though the host stops it after "
                              f"{seconds:g}s ({key}): the host or the connection is stuck") from error
+        if quiet:
+            result = dataclasses.replace(result, stdout=_without(result.stdout, quiet),
+                                         stderr=_without(result.stderr, quiet))
         # 124/137 is the bound only if the bound has passed: the command's own exit code otherwise
         if result.exited in TIMED_OUT_EXITS and time.monotonic() - started >= seconds:
             return dataclasses.replace(result, timed_out=f"{seconds:g}s ({key})")
@@ -130,7 +135,8 @@ class Remote:
 
     def command(self, action: Cmd, *, stream: bool = False) -> Result:
         """A plan's command, within its own bound."""
-        return self.run(action.argv, stream=stream, timeout=action.timeout, timeout_key=action.timeout_key)
+        return self.run(action.argv, stream=stream, timeout=action.timeout, timeout_key=action.timeout_key,
+                        quiet=action.quiet)
 
     def check(self, argv: tuple[str, ...], what: str) -> str:
         result = self.run(argv)
@@ -171,6 +177,10 @@ def brief(argv: tuple[str, ...], limit: int = 150) -> str:
         last.insert(0, word)
         room -= len(word) + 1
     return " ".join(part for part in (" ".join(head), ELIDED, " ".join(last)) if part)
+
+
+def _without(text: str, quiet: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not re.search(quiet, line))
 
 
 def tail(result, lines: int = TAIL_LINES) -> list[str]:

@@ -242,3 +242,29 @@ def test_excluded_services_env_files_are_neither_checked_nor_uploaded(tmp_path):
     text = BUILD_COMPOSE.replace("    depends_on: [web]\n", "    depends_on: [web]\n    env_file: proxy.env\n")
     config = configuration.load(_root(tmp_path, text, BUILD_ENV, files={}), "t", environ={})
     assert config.env_files == ()
+
+
+# --- the colours share volumes on purpose: compose's warning about it is not shown ----------------------
+
+@pytest.mark.parametrize("line, dropped", [
+    # as compose prints it without a terminal (over SSH), and with one
+    ('time="2024-01-02T00:00:00Z" level=warning msg="volume \\"shop_media\\" already exists but was created for '
+     'project \\"shop-blue\\" (expected \\"shop-green\\"). Use `external: true` to use an existing volume"', True),
+    ('WARN[0000] volume "shop_dbdata" already exists but was created for project "shop" (expected "shop-green")', True),
+    ('WARN[0000] volume "x" already exists but was created for project "other" (expected "shop-green")', False),
+    ('WARN[0000] volume "x" already exists but was created for project "shop-blue2" (expected "shop-green")', False),
+    ("Error response from daemon: no such image", False),
+])
+def test_the_shared_volume_warning_of_our_own_projects_is_quiet(tmp_path, line, dropped):
+    import re
+
+    config = configuration.load(_root(tmp_path), "t", environ={})
+    assert bool(re.search(compose.shared_volume_warning(config), line)) == dropped
+
+
+def test_every_compose_command_of_a_deploy_drops_that_warning(tmp_path, first_state):
+    config = configuration.load(_root(tmp_path), "t", environ={})
+    plan = container_deploy(config, first_state, SHA, RELEASE)
+    commands = [a for step in plan.steps for a in (*step.actions, *step.undo, *step.diagnose)
+                if hasattr(a, "argv") and ("compose" in a.argv[:2] or "migration" in " ".join(a.argv))]
+    assert commands and all(c.quiet == compose.shared_volume_warning(config) for c in commands)

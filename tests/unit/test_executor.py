@@ -8,6 +8,7 @@ import re
 import shlex
 import signal
 import threading
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -279,6 +280,19 @@ def test_streamed_output_is_shown_line_by_line_prefixed_and_masked(host):
     execute(host.remote, plan(Step("pull", (pull, config))))
     assert host.printed() == ["[web1] -> pull", "[web1]     pulling web", f"[web1]     login {MASK} ok",
                               "[web1]     warning: slow", "[web1]     last", "[web1]    ok pull (0.0s)"]
+
+
+def test_quiet_lines_are_dropped_from_streamed_output_and_from_failures(host):
+    noise = "noise: volume [a-z]+ again"
+    up = dataclasses.replace(cmd("docker", "compose", "run", stream=True), quiet=noise)
+    host.transport.answer(line(up), stdout="migrating\n", stderr="noise: volume media again\nreal problem\n")
+    execute(host.remote, plan(Step("migrate", (up,))))
+    assert host.printed()[1:3] == ["[web1]     migrating", "[web1]     real problem"]
+    failing = dataclasses.replace(cmd("docker", "compose", "up"), quiet=noise)
+    host.transport.answer(line(failing), exited=1, stderr="noise: volume media again\nno such image\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("start", (failing,))))
+    assert failed.value.details == ["no such image"]
 
 
 def test_a_poll_retries_until_it_answers_what_is_expected(host, clock):
