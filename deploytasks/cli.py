@@ -89,7 +89,7 @@ def summary(d: scaffold.Detected) -> list[str]:
             lines.append(f"  {role + ':':10} {described}")
     lines += [f"  check: {problem}" for s in d.role(scaffold.STATELESS) for problem in s.problems]
     if d.role(scaffold.LEFT_OUT):
-        lines.append("  the env check refuses a compose service in neither list: deploy compose files without it")
+        lines.append("  left out: in EXCLUDE_SERVICES, never started (a deployed service may not depend on one)")
     return lines
 
 

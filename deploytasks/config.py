@@ -5,7 +5,9 @@ opens: a deploy that fails on its fifth typo one SSH round trip at a time wastes
 """
 from __future__ import annotations
 
+import io
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,21 @@ SECRET_KEY_PATTERN = re.compile(r"SECRET|PASS|TOKEN|KEY|CREDENTIAL|PRIVATE|DSN|A
 URL_PASSWORD = re.compile(r"://[^/:@\s]+:([^/@\s]+)@")  # postgres://user:PASSWORD@host
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; nginx adds "unix:" and the socket name
 
-RESERVED_IN_RELEASE = ("app.env", ".venv", ".deploytasks", "nginx", "RELEASE.json")
+# what deploytasks writes into a release (compose.* are the overlay and the interpolation env)
+RESERVED_IN_RELEASE = ("app.env", ".venv", ".deploytasks", "nginx", "RELEASE.json", "compose.deploy.yml", "compose.env")
+
+
+@dataclass(frozen=True)
+class EnvFile:
+    """A file a compose service names in `env_file:`, uploaded with each release at its path in
+    the repository (mode 0600), where compose on the host looks for it."""
+
+    name: str  # relative to the repository root, as in the release
+    content: bytes = field(repr=False)
+
+    @property
+    def values(self) -> dict[str, str]:
+        return {k: v or "" for k, v in dotenv_values(stream=io.StringIO(self.content.decode(errors="replace"))).items()}
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,8 @@ class Config:
     timeout_stop: float
     keep_releases: int
     app_env: dict[str, str] = field(repr=False)
+    env_files: tuple[EnvFile, ...] = ()
+    excluded: tuple[str, ...] = ()  # compose services left out of the deploy (EXCLUDE_SERVICES)
     maintenance_allow: tuple[str, ...] = ()
     processes: "ProcessConfig | None" = None
     site_template: Path = PACKAGED_TEMPLATES / TEMPLATES["site"]
@@ -77,9 +95,11 @@ class Config:
         return int(self.drain_timeout) + 5
 
     def secrets(self) -> list[str]:
-        """Values never to print: app env values whose key looks secret, and passwords in URLs."""
-        values = [v for k, v in self.app_env.items() if v and SECRET_KEY_PATTERN.search(k)]
-        return values + [m for v in self.app_env.values() for m in URL_PASSWORD.findall(v)]
+        """Values never to print: values whose key looks secret, and passwords in URLs, of the app
+        env and of the compose services' env files."""
+        envs = [self.app_env, *(env_file.values for env_file in self.env_files)]
+        values = [v for env in envs for k, v in env.items() if v and SECRET_KEY_PATTERN.search(k)]
+        return values + [m for env in envs for v in env.values() for m in URL_PASSWORD.findall(v)]
 
 
 @dataclass(frozen=True)
@@ -152,10 +172,17 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
     both = sorted(set(stateless) & set(stateful))
     if both:
         problems.append(f"STATEFUL_SERVICES: {', '.join(both)} cannot also be stateless")
+    excluded = values["EXCLUDE_SERVICES"]
+    deployed = sorted(set(excluded) & {*stateless, *stateful})
+    if deployed:
+        problems.append(f"EXCLUDE_SERVICES: {', '.join(deployed)} cannot also be deployed (stateless or stateful)")
     compose_files = _compose_files(root, values["COMPOSE_FILES"], problems)
+    env_files: tuple[EnvFile, ...] = ()
+    services: dict[str, dict] = {}
     if mode == "containers":
-        _check_compose(compose_files, stateless, stateful, problems)
-    images = _images(raw, stateless if mode == "containers" else (), problems)
+        services = _check_compose(compose_files, stateless, stateful, excluded, problems)
+        env_files = _env_files(root, compose_files[0].parent, services, problems) if services else ()
+    images = _images(raw, stateless if mode == "containers" else (), services, problems)
     problems.extend(f"{k}: unknown key" for k in sorted(raw) if not keys.defined(k))
     app_env = _app_env(root, values["APP_ENV_FILE"], values["APP_ENV_PASSTHROUGH"], environ, problems)
 
@@ -195,6 +222,8 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
         timeout_stop=values["TIMEOUT_STOP"] or values["DRAIN_TIMEOUT"] + keys.STOP_MARGIN,
         keep_releases=values["KEEP_RELEASES"],
         app_env=app_env,
+        env_files=env_files,
+        excluded=excluded,
         maintenance_allow=values["MAINTENANCE_ALLOW"],
         processes=_processes(root, values, problems) if mode == "processes" else None,
         site_template=template(root, "site", problems),
@@ -285,12 +314,17 @@ def _compose_files(root: Path, names: tuple[str, ...], problems: list[str]) -> t
     return tuple(inside)
 
 
-def _images(raw: dict[str, str], stateless: tuple[str, ...], problems: list[str]) -> dict[str, str]:
+def _images(raw: dict[str, str], stateless: tuple[str, ...], services: dict[str, dict],
+            problems: list[str]) -> dict[str, str]:
     images = {}
     for service in stateless:
         key = image_key(service)
         image = raw.get(key, "").strip()
-        if not image:
+        if not image and _build_only(services.get(service) or {}):
+            problems.append(f"{key}: missing: service {service!r} only has build:, and deploytasks never builds on "
+                            f"a host: set {key} to the image CI builds and pushes (tagged by SHA), or leave the "
+                            "service out (EXCLUDE_SERVICES)")
+        elif not image:
             problems.append(f"{key}: missing (the image of stateless service {service!r}, tagged by SHA at deploy)")
         else:
             keys.IMAGES.check(key, image, problems)
@@ -309,7 +343,12 @@ def compose_model(files: tuple[Path, ...], problems: list[str] | None = None) ->
             data = yaml.safe_load(path.read_text()) or {}
             for key in merged:
                 for name, spec in (data.get(key) or {}).items():
-                    merged[key].setdefault(name, {}).update(spec or {})
+                    spec, before = dict(spec or {}), merged[key].setdefault(name, {})
+                    if key == "services" and "env_file" in before and "env_file" in spec:
+                        # compose appends a later file's env files to the earlier ones' (it
+                        # reads them in order: a later one's values win)
+                        spec["env_file"] = _listed(before["env_file"]) + _listed(spec["env_file"])
+                    before.update(spec)
         except (OSError, yaml.YAMLError, AttributeError) as exc:
             if problems is None:
                 raise
@@ -317,25 +356,98 @@ def compose_model(files: tuple[Path, ...], problems: list[str] | None = None) ->
     return merged
 
 
-def _check_compose(files, stateless, stateful, problems) -> None:
+def _listed(value) -> list:
+    """A compose field that may be one item or a list of them, as a list."""
+    return list(value) if isinstance(value, list) else [value] if value else []
+
+
+def env_file_entries(spec: dict) -> list[tuple[str, bool]]:
+    """A service's `env_file:` as (path, required), in any of compose's forms: a string, a list
+    of strings, `{path:, required:}` entries."""
+    entries = []
+    for item in _listed(spec.get("env_file")):
+        if isinstance(item, dict):
+            entries.append((str(item.get("path") or ""), item.get("required", True) not in (False, "false")))
+        else:
+            entries.append((str(item), True))
+    return entries
+
+
+def _check_compose(files, stateless, stateful, excluded, problems) -> dict[str, dict]:
+    """The services of the deploy against the compose files; returns the deployed ones' specs."""
     if not files:
         problems.append("COMPOSE_FILES: empty (required for MODE=containers)")
-        return
+        return {}
     read_problems: list[str] = []
     model = compose_model(files, read_problems)
     problems.extend(read_problems)
     if read_problems:
-        return
+        return {}
     services = set(model["services"])
     for name in stateless:
         problems.extend(_blue_green_problems(name, model["services"].get(name) or {}))
-    for key, names in (("STATELESS_SERVICES", stateless), ("STATEFUL_SERVICES", stateful)):
+    for key, names in (("STATELESS_SERVICES", stateless), ("STATEFUL_SERVICES", stateful), ("EXCLUDE_SERVICES", excluded)):
         unknown = [n for n in names if n not in services]
         if unknown:
             problems.append(f"{key}: unknown service {', '.join(map(repr, unknown))} (compose defines {', '.join(sorted(services))})")
-    unclassified = sorted(services - set(stateless) - set(stateful))
+    unclassified = sorted(services - set(stateless) - set(stateful) - set(excluded))
     if unclassified:
-        problems.append(f"STATEFUL_SERVICES: compose service {', '.join(map(repr, unclassified))} is neither stateless nor stateful")
+        problems.append(f"STATEFUL_SERVICES: compose service {', '.join(map(repr, unclassified))} is neither stateless "
+                        "nor stateful (nor in EXCLUDE_SERVICES)")
+    deployed = {n: model["services"][n] or {} for n in (*stateless, *stateful) if n in services}
+    for name, spec in deployed.items():
+        if name in stateful and _build_only(spec):
+            problems.append(f"COMPOSE_FILES: service {name!r} only has build:, and deploytasks never builds on a host: "
+                            "give it an image: that CI pushes, or leave it out (EXCLUDE_SERVICES)")
+        needed = sorted(set(_services_used(spec)) & set(excluded))
+        if needed:
+            problems.append(f"EXCLUDE_SERVICES: service {name!r} needs {', '.join(map(repr, needed))} (depends_on, "
+                            "links, volumes_from or network_mode), which is never started: compose would refuse the "
+                            "project; remove that dependency or deploy the service")
+    return deployed
+
+
+def _build_only(spec: dict) -> bool:
+    return spec.get("build") is not None and not spec.get("image")
+
+
+def _services_used(spec: dict) -> list[str]:
+    """The other services a service cannot run without, in compose's every way of saying so."""
+    depends = spec.get("depends_on") or []
+    used = [str(n) for n in (depends if isinstance(depends, (list, dict)) else [])]
+    used += [str(link).split(":")[0] for link in _listed(spec.get("links"))]
+    used += [str(v).split(":")[0] for v in _listed(spec.get("volumes_from")) if not str(v).startswith("container:")]
+    mode = str(spec.get("network_mode") or "")
+    return used + ([mode.split(":", 1)[1]] if mode.startswith("service:") else [])
+
+
+def _env_files(root: Path, base: Path, services: dict[str, dict], problems: list[str]) -> tuple[EnvFile, ...]:
+    """Each service's env files, read now: a relative path is relative to the first compose file's
+    directory (compose's project directory, for every file given with -f), inside the repository,
+    and goes up with the release at the same place. An absolute one is a file on the host."""
+    found: dict[str, EnvFile] = {}
+    for service, spec in services.items():
+        for entry, required in env_file_entries(spec):
+            problem = f"COMPOSE_FILES: service {service}: env_file {entry!r}"
+            if entry.startswith(("/", "~")):
+                continue  # the host's own file: compose reads it there
+            if "$" in entry:
+                problems.append(f"{problem} uses a variable: write the path out (it is read before connecting)")
+                continue
+            path = base / entry
+            name = posixpath.normpath(path.relative_to(root).as_posix()) if path.is_relative_to(root) else ""
+            if not name or name == ".." or name.startswith("../") or not path.resolve().is_relative_to(root.resolve()):
+                problems.append(f"{problem} is outside the repository: only files inside it are uploaded")
+            elif name.split("/")[0] in RESERVED_IN_RELEASE:
+                problems.append(f"{problem} would replace {name.split('/')[0]}, which deploytasks writes into "
+                                "each release: move or rename it")
+            elif name not in found:
+                try:
+                    found[name] = EnvFile(name, path.read_bytes())
+                except OSError as exc:
+                    if required or path.exists():
+                        problems.append(f"{problem}: cannot read {path} ({exc.strerror or exc.__class__.__name__})")
+    return tuple(found.values())
 
 
 def _blue_green_problems(name: str, spec: dict) -> list[str]:
@@ -349,12 +461,7 @@ def _blue_green_problems(name: str, spec: dict) -> list[str]:
         source = volume.get("source", "") if isinstance(volume, dict) else str(volume).split(":")[0]
         if source.startswith((".", "~")):
             found.append(f"{name}: bind mount {source!r} is relative to the repository: only the compose files "
-                         "are uploaded; bake the files into the image or use an absolute host path")
-    env_files = spec.get("env_file") or []
-    for env_file in [env_files] if isinstance(env_files, (str, dict)) else env_files:
-        path = env_file.get("path", "") if isinstance(env_file, dict) else env_file
-        if not str(path).startswith("/"):
-            found.append(f"{name}: env_file {path!r} is not uploaded; use APP_ENV_FILE")
+                         "and env files are uploaded; bake the files into the image or use an absolute host path")
     return [f"COMPOSE_FILES: service {problem}" for problem in found]
 
 

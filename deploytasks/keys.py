@@ -262,7 +262,10 @@ KEYS: tuple[Key, ...] = (
         "services switched blue/green (the web service and workers)", shown="required for containers"),
     Key("STATEFUL_SERVICES", "", SERVICES,
         "services shared by both colours and never restarted by a deploy (databases, caches); "
-        "every compose service must be in one of the two lists"),
+        "every compose service must be in one of the two lists or in `EXCLUDE_SERVICES`"),
+    Key("EXCLUDE_SERVICES", "", SERVICES,
+        "compose services left out of the deploy: never pulled, built or started (the app's own reverse "
+        "proxy, which the host's nginx replaces; dev tools); a deployed service may not depend on one"),
     Key("WEB_SERVICE", "", Text(),
         "the stateless service nginx routes to", shown="first stateless"),
     IMAGES,

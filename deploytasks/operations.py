@@ -202,13 +202,26 @@ def problems(config: Config, state: HostState) -> list[str]:
     """What makes `status` exit non-zero: visitors get errors now, or a deploy stopped half way."""
     found = []
     if state.deployed and state.live_answers is False:
-        found.append(f"the live colour ({state.live}) does not answer {config.health_path} on its socket: "
+        found.append(f"the live colour ({state.live}) does not answer HEALTH_PATH {config.health_path} on its socket: "
                      "nginx answers 502; `rollback` or a deploy repairs it")
     if state.maintenance and state.maintenance_by == maintenance.WINDOW and not state.lock:
         found.append("maintenance mode was left on by a maintenance-window deploy that did not finish")
     if state.in_progress and progress.left_behind(state.in_progress, state.lock, state.holder):
         found.append(progress.describe(state.in_progress, state.lock, state.now or time.time(), state.holder))
     return found
+
+
+def _standby(state: HostState, colour: str, release: str) -> str:
+    """Whether `rollback` can return to the standby colour: its release must still be on the host,
+    and no deploy may have failed on that colour since (its undo removed what the colour ran)."""
+    if release not in state.releases:
+        return "its release was removed: not a rollback target; use rollback --to SHA"
+    last = next((r for r in reversed(state.history) if r.get("colour") == colour), None)
+    staged = last and (last.get("kind") != "rollback" or phases.PREPARE in (last.get("failed_after") or ()))
+    if last and last.get("outcome") != "ok" and staged:
+        return (f"left by the {last.get('outcome')} {last.get('kind')} of {last.get('sha')}: not a rollback target; "
+                "use rollback --to SHA")
+    return "rollback target"
 
 
 def describe_state(config: Config, state: HostState) -> list[str]:
@@ -220,7 +233,7 @@ def describe_state(config: Config, state: HostState) -> list[str]:
         lines.append(f"{config.app_name} ({config.env}): {release_sha(live_release)} serving from {state.live}"
                      f" (release {live_release})")
         if state.live_answers is False:
-            lines.append(f"!! the live colour does not answer {config.health_path}: visitors get 502")
+            lines.append(f"!! the live colour does not answer HEALTH_PATH {config.health_path}: visitors get 502")
         if state.maintenance and state.maintenance_by == maintenance.WINDOW:
             lines.append("!! maintenance mode: ON, left by a maintenance-window deploy that did not finish (the "
                          "migration may have run): the next `deploy --maintenance` lifts it, or `maintenance-off`")
@@ -228,7 +241,7 @@ def describe_state(config: Config, state: HostState) -> list[str]:
             lines.append("maintenance mode: ON (visitors get the maintenance page)")
         for colour, release in sorted(state.colours.items()):
             if colour != state.live:
-                lines.append(f"standby {colour}: {release_sha(release)} (rollback target)")
+                lines.append(f"standby {colour}: {release_sha(release)} ({_standby(state, colour, release)})")
     if state.in_progress:
         lines.append(("!! " if progress.left_behind(state.in_progress, state.lock, state.holder) else "")
                      + progress.describe(state.in_progress, state.lock, state.now or time.time(), state.holder))

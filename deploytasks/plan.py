@@ -6,6 +6,7 @@ executor runs; nothing here imports fabric or knows how a command reaches a host
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 from dataclasses import dataclass, field
 
@@ -16,13 +17,15 @@ from . import phases, shas
 class Cmd:
     """One remote command. `unless`: skip it when that command succeeds (idempotence).
     `timeout`: seconds the host lets it run, from the setting named by `timeout_key`; None: the
-    bound of every other command (TIMEOUT_COMMAND), which the executor applies."""
+    bound of every other command (TIMEOUT_COMMAND), which the executor applies. `quiet`: a regex
+    of output lines that are expected noise, never shown (a warning about what we do on purpose)."""
 
     argv: tuple[str, ...]
     unless: tuple[str, ...] | None = None
     stream: bool = False  # show output live (pulls, migrations) instead of only on failure
     timeout: float | None = None
     timeout_key: str = ""
+    quiet: str = ""
 
     def bounded(self, seconds: float, key: str) -> Cmd:
         """This command with a bound of its own: `seconds`, set by the key `key`."""
@@ -51,16 +54,27 @@ class Put:
 
 @dataclass(frozen=True)
 class Poll:
-    """Run argv every `interval` s until it succeeds (and prints `expect`, if set) or `timeout` s pass."""
+    """Run argv every `interval` s until it succeeds (and prints `expect`, if set) or `timeout` s pass.
+    `what` names what is asked (and the key that sets it) and `hints` say what a last output means,
+    so the failure says "GET /readyz (READY_PATH) ...: answered HTTP 404", not only curl's words."""
 
     argv: tuple[str, ...]
     timeout: float
     interval: float
     expect: str | None = None
+    what: str = ""
+    hints: tuple[tuple[str, str], ...] = ()  # (regex over the last output, its meaning; \1: its group)
 
     def matches(self, output: str) -> bool:
         """The expected text (a SHA may be answered in full for an abbreviated one, or back)."""
         return output == self.expect or shas.same(output, self.expect)
+
+    def gave_up(self, output: str) -> str:
+        """Why the poll failed: what it asked, for how long, and what its last output means."""
+        said = f"{self.what}: " if self.what else ""
+        meaning = next((found.expand(text) for pattern, text in self.hints
+                        for found in [re.search(pattern, output)] if found), "")
+        return f"{said}not ready after {self.timeout:g}s" + (f": {meaning}" if meaning else "")
 
     def __str__(self) -> str:
         want = f" and prints {self.expect!r}" if self.expect else ""

@@ -171,7 +171,7 @@ def _named_volumes(spec: dict) -> list[str]:
 def classify(name: str, spec: dict) -> Service:
     """Stateless: the app's own image (or a `build:`, whose image CI pushes), switched blue/green.
     Stateful: a well-known data image or an image with named volumes. Proxies and build-only
-    services that are not the app are left out: deploytasks never builds on a host."""
+    services that are not the app are left out (EXCLUDE_SERVICES): deploytasks never builds on a host."""
     image, build, ports = str(spec.get("image") or ""), spec.get("build"), bool(spec.get("ports"))
     problems = tuple(_blue_green_problems(name, spec))
     if image:
@@ -196,8 +196,8 @@ def classify(name: str, spec: dict) -> Service:
     kind = _well_known(name, known) or _well_known(context.rstrip("/"), known)
     if kind:
         what = ": a reverse proxy, which the host's nginx replaces" if kind in PROXY_IMAGES else f" ({kind})"
-        return Service(name, LEFT_OUT, f"only build: {context}{what}; deploytasks cannot deploy a build-only "
-                                       "service yet", ports=ports)
+        return Service(name, LEFT_OUT, f"only build: {context}{what}; deploytasks never builds on a host",
+                       ports=ports)
     return Service(name, STATELESS, f"build: {context}", _placeholder(name),
                    f"placeholder: {name} only has build: {context}; CI builds it and pushes it here, tagged by SHA",
                    True, ports, problems)
@@ -248,9 +248,8 @@ def env_entries(d: Detected, env: str) -> list[tuple[str, str, str]]:
             ("STATELESS_SERVICES", ",".join(s.name for s in stateless),
              "\n".join([*(f"{s.name}: {s.why}" for s in stateless),
                         *(f"check: {p}" for s in stateless for p in s.problems)])),
-            ("STATEFUL_SERVICES", ",".join(s.name for s in stateful),
-             "\n".join([*(f"{s.name}: {s.why}" for s in stateful),
-                        *(f"not in either list: {s.name}: {s.why}" for s in left_out)])),
+            ("STATEFUL_SERVICES", ",".join(s.name for s in stateful), "\n".join(f"{s.name}: {s.why}" for s in stateful)),
+            ("EXCLUDE_SERVICES", ",".join(s.name for s in left_out), "\n".join(f"{s.name}: {s.why}" for s in left_out)),
             ("WEB_SERVICE", d.web, "it publishes a port" if any(s.ports for s in stateless if s.name == d.web) else ""),
         ]
         entries += [(image_key(s.name), s.image, f"a deploy pulls <image>:<sha>, so CI pushes one tagged by each "

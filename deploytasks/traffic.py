@@ -32,14 +32,29 @@ def point_links(*links: tuple[str | None, str]) -> Cmd:
     return cmd(*sh(_POINT_LINKS, *(value for target, link in links for value in (target or "", link))))
 
 
+def http_hints(key: str, path: str, host: str) -> tuple[tuple[str, str], ...]:
+    """What curl's last words mean for a probe of `path` (set by `key`), for its failure message."""
+    return (
+        (r"returned error: (404)", rf"answered HTTP \1: the app has no {path}; set {key} to the path it answers"),
+        (r"returned error: (400)", rf"answered HTTP \1: the app refuses the request, often its Host header ({host}, "
+                                   "the first name of SERVER_NAME), as Django does for a name not in ALLOWED_HOSTS"),
+        (r"returned error: (\d{3})", rf"answered HTTP \1"),
+        (r"curl: \(7\)", "nothing answers on it (no server listening yet)"),
+        (r"curl: \(28\)", "no answer within 5s"),
+    )
+
+
 def readiness(config: Config, colour: str, diagnose: tuple[Cmd, ...] = ()) -> Step:
     layout = Layout.of(config)
     # the site's own name, as nginx forwards it: apps that validate Host (Django's ALLOWED_HOSTS)
     # answer 400 to anything else and would never look ready
+    host = nginx.probe_host(config)
     probe = ("curl", "-fsS", "--max-time", "5", "--unix-socket", layout.socket(colour),
-             "-H", f"Host: {nginx.probe_host(config)}", f"http://localhost{config.ready_path}")
-    return Step(phases.READY, (Poll(probe, config.health_timeout, config.health_interval),), diagnose=diagnose,
-                label=f"ready: {colour}")
+             "-H", f"Host: {host}", f"http://localhost{config.ready_path}")
+    poll = Poll(probe, config.health_timeout, config.health_interval,
+                what=f"GET {config.ready_path} (READY_PATH) on the {colour} colour's socket",
+                hints=http_hints("READY_PATH", config.ready_path, host))
+    return Step(phases.READY, (poll,), diagnose=diagnose, label=f"ready: {colour}")
 
 
 def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
@@ -65,9 +80,10 @@ def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
 
 def verify(config: Config, sha: str) -> Step:
     """The new SHA answers through the host's nginx, as users reach it."""
-    return Step(phases.VERIFY, (Poll(nginx.probe(config, config.version_path, "-fsS"),
-                                     min(config.health_timeout, 30), config.health_interval, expect=sha),),
-                label="check through nginx")
+    poll = Poll(nginx.probe(config, config.version_path, "-fsS"), min(config.health_timeout, 30),
+                config.health_interval, expect=sha, what=f"GET {config.version_path} (VERSION_PATH) through nginx",
+                hints=http_hints("VERSION_PATH", config.version_path, nginx.probe_host(config)))
+    return Step(phases.VERIFY, (poll,), label="check through nginx")
 
 
 def drain(colour: str, stop: tuple[Cmd, ...]) -> Step:

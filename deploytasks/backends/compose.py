@@ -3,7 +3,8 @@
 The stateless services of each colour run as their own compose project (<app>-blue, <app>-green);
 the stateful ones run once, in project <app>, and a deploy never recreates them. The overlay gives
 each colour its image tag, its run directory (the socket nginx reaches it through), and shared
-network and volume names so both colours reach the same database and the same data.
+network and volume names so both colours reach the same database and the same data; it drops every
+`build:` (images are built by CI, never on a host) and the services left out (EXCLUDE_SERVICES).
 """
 from __future__ import annotations
 
@@ -80,7 +81,12 @@ def overlay(config: Config, compose: dict, layout: Layout, release_dir: str, sha
             override["ports"] = _Reset()
         if spec.get("container_name"):
             override["container_name"] = _Reset()  # two colours cannot share one name
-        services[service] = override
+        services[service] = override | _never_built(spec)
+    for service in config.stateful:  # they run their compose image
+        if _never_built(compose["services"].get(service) or {}):
+            services[service] = _never_built(compose["services"][service])
+    for service in config.excluded:  # gone from every project: nothing can pull, build or start it
+        services[service] = _Reset()
     networks = {n: {"name": name, "external": True} for n, name in shared_networks(config, compose).items()}
     volumes = {
         v: {"name": f"{config.app_name}_{v}"}
@@ -92,6 +98,14 @@ def overlay(config: Config, compose: dict, layout: Layout, release_dir: str, sha
         document["volumes"] = volumes
     header = f"# Rendered by deploytasks for {config.app_name} {sha} ({colour}); do not edit.\n"
     return header + yaml.dump(document, Dumper=_Dumper, sort_keys=False)
+
+
+def _never_built(spec: dict) -> dict:
+    """What keeps compose from building a service on the host: without its `build:` section
+    (and a `pull_policy: build`, which needs one), a missing image is pulled, or the step fails."""
+    if spec.get("build") is None:
+        return {}
+    return {"build": _Reset(), **({"pull_policy": "missing"} if spec.get("pull_policy") == "build" else {})}
 
 
 def _environment(spec: dict) -> dict[str, str]:
@@ -128,6 +142,17 @@ def command(config: Config, release_dir: str, project: str, *args: str) -> tuple
 
 def release_files_names(config: Config) -> list[str]:
     return [str(Path(p).relative_to(config.root)) for p in config.compose_files]
+
+
+def shared_volume_warning(config: Config) -> str:
+    """The line compose prints on every `up` and `run` of a project using a volume another of the
+    app's projects created (`volume "shop_media" already exists but was created for project
+    "shop-blue"`): sharing is the point here, so the line is dropped from what we show. Declaring
+    the volumes `external: true` instead would be wrong: the stateful project reads the same overlay
+    and could no longer create them on a fresh host, no project creates a volume only stateless
+    services use, and compose refuses `external` beside the team's `driver_opts`."""
+    app = re.escape(config.app_name)
+    return rf'volume \\?"[^"\\]+\\?" already exists but was created for project \\?"{app}(-blue|-green)?\\?"'
 
 
 def project(config: Config, colour: str | None = None) -> str:

@@ -2,11 +2,12 @@
 (<app>-blue, <app>-green) running images tagged by SHA; stateful services run once, in project
 <app>, and a deploy never recreates them.
 
-Staging a release uploads the team's compose files as they are plus our overlay, pulls the
+Staging a release uploads the team's compose files and env files as they are plus our overlay, pulls the
 images (never builds), creates the shared networks and brings up the stateful services.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 
@@ -33,7 +34,8 @@ class ContainerColour:
         self.project = project or compose.project(config, colour)
 
     def __call__(self, *args: str, stream: bool = False) -> Cmd:
-        return Cmd(compose.command(self.config, self.dir, self.project, *args), stream=stream)
+        return Cmd(compose.command(self.config, self.dir, self.project, *args), stream=stream,
+                   quiet=compose.shared_volume_warning(self.config))
 
     def diagnostics(self) -> tuple[Cmd, ...]:
         return self("ps", "-a"), self("logs", "--no-color", "--tail", "30", *self.config.stateless)
@@ -74,9 +76,9 @@ class ContainerColour:
         name = f"{self.config.app_name}-{record}".lower()
         run = self("run", "--rm", "--name", name, "--no-deps", "-T", self.config.web_service,
                    *self.config.migrate_command)
-        return Step(phases.MIGRATE, (cmd(*tracked(Layout.of(self.config), record, "migration", run.argv, name),
-                                         stream=True).bounded(self.config.timeout_migrate, "TIMEOUT_MIGRATE"),),
-                    outlives_connection=True)
+        migration = cmd(*tracked(Layout.of(self.config), record, "migration", run.argv, name), stream=True)
+        return Step(phases.MIGRATE, (dataclasses.replace(migration, quiet=run.quiet).bounded(
+            self.config.timeout_migrate, "TIMEOUT_MIGRATE"),), outlives_connection=True)
 
 
 def check_images(config: Config, sha: str) -> None:
@@ -136,6 +138,9 @@ def _uploads(config, model, release_dir, sha, colour) -> tuple[Put, ...]:
         Put(f"{release_dir}/{compose.OVERLAY}", compose.overlay(config, model, layout, release_dir, sha, colour).encode()),
         Put(f"{release_dir}/{compose.INTERPOLATION_ENV}", compose.interpolation_env(config, sha, colour).encode()),
         Put(f"{release_dir}/{APP_ENV}", compose.app_env(config.app_env).encode(), mode=0o600, secret=True),
+        # the services' own env files, where compose looks for them: beside the compose files
+        *(Put(f"{release_dir}/{env_file.name}", env_file.content, mode=0o600, secret=True)
+          for env_file in config.env_files),
         Put(f"{release_dir}/RELEASE.json", (json.dumps({"sha": sha, "colour": colour, "env": config.env}) + "\n").encode()),
     ]
     return tuple(files)

@@ -1,6 +1,7 @@
 """Everything printed goes through here: one prefix per host, secret values masked."""
 from __future__ import annotations
 
+import re
 import sys
 import threading
 
@@ -26,25 +27,28 @@ class Console:
                 stream.write(f"{self.prefix}{self.mask(line)}\n")
             stream.flush()
 
-    def writer(self, indent: str = "    ") -> "LineWriter":
-        return LineWriter(self, indent)
+    def writer(self, indent: str = "    ", quiet: str = "") -> "LineWriter":
+        return LineWriter(self, indent, quiet)
 
 
 class LineWriter:
-    """A file-like sink for a remote command's live output, printed line by line."""
+    """A file-like sink for a remote command's live output, printed line by line; lines matching
+    `quiet` (a regex) are expected noise and dropped."""
 
-    def __init__(self, console: Console, indent: str):
-        self.console, self.indent, self.buffer = console, indent, ""
+    def __init__(self, console: Console, indent: str, quiet: str = ""):
+        self.console, self.indent, self.quiet, self.buffer = console, indent, quiet, ""
 
     def write(self, data: str) -> int:
         self.buffer += data.replace("\r", "\n")
         *lines, self.buffer = self.buffer.split("\n")
         for line in lines:
-            if line.strip():
-                self.console(self.indent + line)
+            self._show(line)
         return len(data)
 
     def flush(self) -> None:
-        if self.buffer.strip():
-            self.console(self.indent + self.buffer)
+        self._show(self.buffer)
         self.buffer = ""
+
+    def _show(self, line: str) -> None:
+        if line.strip() and not (self.quiet and re.search(self.quiet, line)):
+            self.console(self.indent + line)

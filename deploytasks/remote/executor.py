@@ -6,6 +6,7 @@ nothing of nginx, compose or gunicorn.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import signal
 import sys
@@ -108,21 +109,25 @@ class Remote:
         return self.transport.host
 
     def run(self, argv: tuple[str, ...], *, stream: bool = False, timeout: float | None = None,
-            timeout_key: str = "") -> Result:
+            timeout_key: str = "", quiet: str = "") -> Result:
         """argv on the host, stopped there after `timeout` seconds (the key `timeout_key`; without
-        one, TIMEOUT_COMMAND). A command stopped at its bound comes back with `timed_out` set."""
+        one, TIMEOUT_COMMAND). A command stopped at its bound comes back with `timed_out` set.
+        Output lines matching `quiet` are dropped, streamed or kept."""
         seconds, key = (timeout, timeout_key) if timeout is not None else (self.command_timeout, COMMAND_TIMEOUT_KEY)
         line, started = shlex.join(argv), time.monotonic()
         try:
             if stream:
-                out, err = self.console.writer(), self.console.writer()
+                out, err = self.console.writer(quiet=quiet), self.console.writer(quiet=quiet)
                 result = self.transport.run(line, out=out, err=err, timeout=seconds)
                 out.flush(), err.flush()
             else:
                 result = self.transport.run(line, timeout=seconds)
         except Unanswered as error:
-            raise Unanswered(f"`{self.console.mask(line)[:120]}`: {error}, though the host stops it after "
+            raise Unanswered(f"`{self.console.mask(brief(argv, 120))}`: {error}, though the host stops it after "
                              f"{seconds:g}s ({key}): the host or the connection is stuck") from error
+        if quiet:
+            result = dataclasses.replace(result, stdout=_without(result.stdout, quiet),
+                                         stderr=_without(result.stderr, quiet))
         # 124/137 is the bound only if the bound has passed: the command's own exit code otherwise
         if result.exited in TIMED_OUT_EXITS and time.monotonic() - started >= seconds:
             return dataclasses.replace(result, timed_out=f"{seconds:g}s ({key})")
@@ -130,7 +135,8 @@ class Remote:
 
     def command(self, action: Cmd, *, stream: bool = False) -> Result:
         """A plan's command, within its own bound."""
-        return self.run(action.argv, stream=stream, timeout=action.timeout, timeout_key=action.timeout_key)
+        return self.run(action.argv, stream=stream, timeout=action.timeout, timeout_key=action.timeout_key,
+                        quiet=action.quiet)
 
     def check(self, argv: tuple[str, ...], what: str) -> str:
         result = self.run(argv)
@@ -144,6 +150,37 @@ class Remote:
 
     def close(self) -> None:
         self.transport.close()
+
+
+ELIDED = "…"
+BRIEF_HEAD = 4  # leading arguments kept: what runs, and on what (`docker compose -p shop-green`)
+
+
+def brief(argv: tuple[str, ...], limit: int = 150) -> str:
+    """A command as messages show it, in about `limit` characters: whole arguments only (a path cut
+    in the middle reads as another path), the middle ones elided. The first few say what runs, the
+    last ones what it does (`... up -d --wait web`); a script or any argument too long to show
+    whole is elided too."""
+    words = [shlex.quote(arg) for arg in argv]
+    if len(" ".join(words)) <= limit:
+        return " ".join(words)
+    fits = lambda word: "\n" not in word and len(word) <= limit // 3  # noqa: E731
+    head: list[str] = []
+    for word in words[:BRIEF_HEAD]:
+        if not fits(word):
+            break
+        head.append(word)
+    room, last = limit - len(" ".join(head)) - len(ELIDED) - 2, []
+    for word in reversed(words[len(head):]):
+        if not fits(word) or len(word) + 1 > room:
+            break
+        last.insert(0, word)
+        room -= len(word) + 1
+    return " ".join(part for part in (" ".join(head), ELIDED, " ".join(last)) if part)
+
+
+def _without(text: str, quiet: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not re.search(quiet, line))
 
 
 def tail(result, lines: int = TAIL_LINES) -> list[str]:
@@ -202,7 +239,7 @@ def _perform(remote: Remote, action) -> None:
             return
         result = remote.command(action, stream=action.stream)
         if not result.ok:
-            command = remote.console.mask(shlex.join(action.argv))[:200]
+            command = remote.console.mask(brief(action.argv, 200))
             raise StepFailed(f"{remote.host}: `{command}` {ending(result)}",
                              [remote.console.mask(line) for line in tail(result)])
     elif isinstance(action, Put):
@@ -226,7 +263,8 @@ def _poll(remote: Remote, poll: Poll) -> None:
             next_note += PROGRESS_EVERY
         if now >= deadline:
             seen = tail(result, 5) if not result.ok else [f"answered {result.stdout.strip()[:80]!r}, expected {poll.expect!r}"]
-            raise StepFailed(f"{remote.host}: not ready after {poll.timeout:g}s", [remote.console.mask(s) for s in seen])
+            raise StepFailed(f"{remote.host}: {remote.console.mask(poll.gave_up(chr(10).join(seen)))}",
+                             [remote.console.mask(s) for s in seen])
         _check_interrupt(remote)
         time.sleep(poll.interval)
 
@@ -234,7 +272,7 @@ def _poll(remote: Remote, poll: Poll) -> None:
 def _diagnose(remote: Remote, step: Step) -> None:
     for action in step.diagnose:
         result = _try(remote, action)
-        remote.console(f"   | $ {remote.console.mask(shlex.join(action.argv))}"[:160])  # masked before it is cut
+        remote.console(f"   | $ {remote.console.mask(brief(action.argv))}")
         shown = tail(result, 40) + ([ending(result)] if result.timed_out else []) if result else ["(could not run)"]
         for line in shown:
             remote.console(f"   | {remote.console.mask(line)}")
@@ -264,7 +302,7 @@ def _undo_action(remote: Remote, action: Cmd) -> bool:
     if result is not None and result.ok:
         return True
     if result is None and not remote.reconnect():
-        remote.console(f"   ! undo `{remote.console.mask(shlex.join(action.argv))[:160]}` failed: the connection failed")
+        remote.console(f"   ! undo `{remote.console.mask(brief(action.argv))}` failed: the connection failed")
         return False
     if result is not None:
         time.sleep(UNDO_RETRY_PAUSE)
@@ -273,7 +311,7 @@ def _undo_action(remote: Remote, action: Cmd) -> bool:
         return True
     reason = ("the connection failed" if result is None else ending(result) if result.timed_out
               else " ".join(tail(result, 2)))
-    remote.console(f"   ! undo `{remote.console.mask(shlex.join(action.argv))[:160]}` failed: {remote.console.mask(reason)}")
+    remote.console(f"   ! undo `{remote.console.mask(brief(action.argv))}` failed: {remote.console.mask(reason)}")
     return False
 
 

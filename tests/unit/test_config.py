@@ -105,7 +105,7 @@ def test_unknown_stateless_service_names_what_compose_defines(tmp_path):
     problems = _problems(root)
     assert "STATELESS_SERVICES: unknown service 'api' (compose defines db, web)" in problems
     # web is then neither stateless nor stateful
-    assert "STATEFUL_SERVICES: compose service 'web' is neither stateless nor stateful" in problems
+    assert "STATEFUL_SERVICES: compose service 'web' is neither stateless nor stateful (nor in EXCLUDE_SERVICES)" in problems
 
 
 def test_unreadable_compose_file_is_a_problem(tmp_path):

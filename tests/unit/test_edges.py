@@ -40,9 +40,9 @@ def test_a_healthy_host_has_no_problems(local_config):
 def test_a_live_colour_that_does_not_answer_is_a_problem(local_config):
     state = _serving(live_answers=False)
     assert operations.problems(local_config, state) == [
-        "the live colour (green) does not answer /healthz on its socket: nginx answers 502; `rollback` or a deploy "
+        "the live colour (green) does not answer HEALTH_PATH /healthz on its socket: nginx answers 502; `rollback` or a deploy "
         "repairs it"]
-    assert "!! the live colour does not answer /healthz: visitors get 502" in operations.describe_state(local_config, state)
+    assert "!! the live colour does not answer HEALTH_PATH /healthz: visitors get 502" in operations.describe_state(local_config, state)
 
 
 def test_a_marker_whose_deploy_holds_the_lock_is_in_progress_not_a_problem(local_config):
@@ -190,3 +190,39 @@ def test_overlay_values_are_strings_to_yaml_1_2(local_config, sha):
     line = next(line for line in text.splitlines() if "DEPLOY_SHA" in line)
     if re.fullmatch(r"[0-9]+(e[0-9]+)?", sha):
         assert f'"{sha}"' in line or f"'{sha}'" in line, line  # what YAML 1.2 would read as a number is quoted
+
+
+# --- status calls a standby colour a rollback target only when it is one ----------------------------
+
+def _standby_line(config, state) -> str:
+    return next(line for line in operations.describe_state(config, state) if line.startswith("standby "))
+
+
+def test_the_standby_colour_is_a_rollback_target(local_config):
+    assert _standby_line(local_config, _serving()) == "standby blue: aaaaaaa (rollback target)"
+
+
+def test_a_standby_colour_a_failed_deploy_used_since_is_no_rollback_target(local_config):
+    served = {"kind": "deploy", "sha": "bbbbbbb", "colour": "green", "outcome": "ok"}
+    failed = {"kind": "deploy", "sha": "ccccccc", "colour": "blue", "outcome": "failed",
+              "failed_after": ["prepare", "upload", "pull"]}
+    state = _serving(history=(served, failed))
+    assert _standby_line(local_config, state) == ("standby blue: aaaaaaa (left by the failed deploy of ccccccc: not a "
+                                                  "rollback target; use rollback --to SHA)")
+    # a deploy to the colour that served since makes it a target again
+    again = {"kind": "deploy", "sha": "aaaaaaa", "colour": "blue", "outcome": "ok"}
+    assert _standby_line(local_config, _serving(history=(served, failed, again))).endswith("(rollback target)")
+
+
+def test_a_failed_plain_rollback_leaves_the_standby_a_rollback_target(local_config):
+    """A rollback only starts the standby colour, and its undo stops it again: nothing is removed."""
+    failed = {"kind": "rollback", "sha": "aaaaaaa", "colour": "blue", "outcome": "failed", "failed_after": ["start"]}
+    assert _standby_line(local_config, _serving(history=(failed,))).endswith("(rollback target)")
+    redeploy = dict(failed, failed_after=["prepare", "upload"])  # rollback --to SHA stages a release
+    assert "not a rollback target" in _standby_line(local_config, _serving(history=(redeploy,)))
+
+
+def test_a_standby_colour_whose_release_is_gone_is_no_rollback_target(local_config):
+    state = _serving(releases=(REL_NEW,))
+    assert _standby_line(local_config, state) == ("standby blue: aaaaaaa (its release was removed: not a rollback "
+                                                  "target; use rollback --to SHA)")

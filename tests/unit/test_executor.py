@@ -8,6 +8,7 @@ import re
 import shlex
 import signal
 import threading
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -281,6 +282,19 @@ def test_streamed_output_is_shown_line_by_line_prefixed_and_masked(host):
                               "[web1]     warning: slow", "[web1]     last", "[web1]    ok pull (0.0s)"]
 
 
+def test_quiet_lines_are_dropped_from_streamed_output_and_from_failures(host):
+    noise = "noise: volume [a-z]+ again"
+    up = dataclasses.replace(cmd("docker", "compose", "run", stream=True), quiet=noise)
+    host.transport.answer(line(up), stdout="migrating\n", stderr="noise: volume media again\nreal problem\n")
+    execute(host.remote, plan(Step("migrate", (up,))))
+    assert host.printed()[1:3] == ["[web1]     migrating", "[web1]     real problem"]
+    failing = dataclasses.replace(cmd("docker", "compose", "up"), quiet=noise)
+    host.transport.answer(line(failing), exited=1, stderr="noise: volume media again\nno such image\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("start", (failing,))))
+    assert failed.value.details == ["no such image"]
+
+
 def test_a_poll_retries_until_it_answers_what_is_expected(host, clock):
     poll = Poll(("curl", "-fsS", "http://127.0.0.1/version"), timeout=30, interval=10, expect=SHA)
     host.transport.answer(line(poll), exited=7, stderr="connection refused\n", times=1)
@@ -307,6 +321,38 @@ def test_a_poll_that_never_succeeds_shows_the_tail_of_its_output(host):
     with pytest.raises(StepFailed) as failed:
         execute(host.remote, plan(Step("ready", (poll,))))
     assert str(failed.value) == f"web1: not ready after 5s:\n  - curl: (22) 503 {MASK}"
+
+
+@pytest.mark.parametrize("stderr, meaning", [
+    ("curl: (22) The requested URL returned error: 404", "answered HTTP 404: the app has no /readyz; set READY_PATH "
+                                                         "to the path it answers"),
+    ("curl: (22) The requested URL returned error: 400 Bad Request",
+     "answered HTTP 400: the app refuses the request, often its Host header (localhost, the first name of "
+     "SERVER_NAME), as Django does for a name not in ALLOWED_HOSTS"),
+    ("curl: (22) The requested URL returned error: 503", "answered HTTP 503"),
+    ("curl: (7) Couldn't connect to server", "nothing answers on it (no server listening yet)"),
+    ("something else", ""),
+])
+def test_a_readiness_gate_that_fails_names_its_key_and_the_answer(host, clock, local_config, stderr, meaning):
+    from deploytasks import traffic
+
+    [poll] = traffic.readiness(local_config, "green").actions
+    host.transport.answer(line(poll), exited=22, stderr=stderr + "\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("ready", (poll,))))
+    headline = f"web1: GET /readyz (READY_PATH) on the green colour's socket: not ready after {poll.timeout:g}s"
+    assert str(failed.value) == f"{headline}{': ' + meaning if meaning else ''}:\n  - {stderr}"
+
+
+def test_the_check_through_nginx_names_version_path(host, clock, local_config):
+    from deploytasks import traffic
+
+    [poll] = traffic.verify(local_config, SHA).actions
+    host.transport.answer(line(poll), exited=22, stderr="curl: (22) The requested URL returned error: 502\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("verify", (poll,))))
+    assert str(failed.value).splitlines()[0] == ("web1: GET /version (VERSION_PATH) through nginx: not ready after "
+                                                 f"{poll.timeout:g}s: answered HTTP 502:")
 
 
 # --- undo that knows what serves ---------------------------------------------------------------------
@@ -497,3 +543,40 @@ def test_a_hard_abort_inside_the_lock_keeps_the_lock(local_config, capsys):
         "[web1] ! aborted mid-step: the deploy lock is kept, as the host may be half-way through a command; "
         "the next deploy takes it over once this connection is gone and nothing it registered still runs "
         "(`status` shows it)")
+
+
+# --- commands in messages are shortened by whole arguments -------------------------------------------
+
+RELEASE_DIR = "/srv/shop/releases/20240102T000000Z-" + "b" * 40
+UP = ("docker", "compose", "-p", "shop-green", "--env-file", f"{RELEASE_DIR}/compose.env",
+      "-f", f"{RELEASE_DIR}/compose/compose.yml", "-f", f"{RELEASE_DIR}/compose.deploy.yml",
+      "up", "-d", "--no-deps", "--force-recreate", "--wait", "--wait-timeout", "120", "web")
+
+
+@pytest.mark.parametrize("argv", [UP, ("sh", "-c", "set -e\n" + "echo step\n" * 40, "sh", "/srv/shop/run/web.sock"),
+                                  ("ls", "x" * 400), tuple("abcdefghij" * 30), ("cp", f"{RELEASE_DIR}/a", "/tmp/b")])
+@pytest.mark.parametrize("limit", [80, 120, 150, 200])
+def test_brief_elides_whole_arguments_only(argv, limit):
+    shown = executor.brief(argv, limit)
+    assert len(shown) <= limit
+    whole = {shlex.quote(arg) for arg in argv} | {executor.ELIDED}
+    assert all(word in whole for word in shown.split(" ")), shown  # no argument cut in the middle
+    if len(shlex.join(argv)) <= limit:
+        assert shown == shlex.join(argv)
+
+
+def test_brief_keeps_what_runs_and_what_it_does():
+    assert executor.brief(UP) == ("docker compose -p shop-green … up -d --no-deps --force-recreate --wait "
+                                  "--wait-timeout 120 web")
+    assert executor.brief(("sh", "-c", "a\nb\n" * 50, "sh", "/srv/shop/run/web.sock")) == \
+        "sh -c … sh /srv/shop/run/web.sock"
+
+
+def test_a_failed_commands_message_shows_it_briefly_and_masked(host):
+    failing = cmd(*UP[:-1], SECRET)
+    host.transport.answer(line(failing), exited=1, stderr="boom\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("start", (failing,))))
+    assert str(failed.value).splitlines()[0] == (
+        f"web1: `docker compose -p shop-green … up -d --no-deps --force-recreate --wait --wait-timeout 120 {MASK}` "
+        "failed (exit 1):")

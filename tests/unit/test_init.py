@@ -13,7 +13,6 @@ from dotenv import dotenv_values
 
 from deploytasks import cli, keys, scaffold
 from deploytasks import config as configuration
-from deploytasks.errors import ConfigError
 
 # A Django-style app: web and worker from the app's image, postgres and redis, and an nginx proxy
 # built from ./nginx (which the host's nginx replaces).
@@ -120,15 +119,14 @@ def test_django_style_app(tmp_path):
     assert values["STATELESS_SERVICES"] == "web,worker" and values["STATEFUL_SERVICES"] == "db,redis"
     assert values["IMAGE_WEB"] == values["IMAGE_WORKER"] == "ghcr.io/acme/shop"
     assert values["WEB_SERVICE"] == "web" and values["APP_NAME"] == "shop" and values["COMPOSE_FILES"] == "compose.yml"
-    assert "# not in either list: nginx: only build: ./nginx: a reverse proxy, which the host's nginx replaces;" in text
-    assert "deploytasks cannot deploy a build-only service yet" in text
+    assert values["EXCLUDE_SERVICES"] == "nginx"
+    assert "# nginx: only build: ./nginx: a reverse proxy, which the host's nginx replaces; deploytasks never" in text
 
-    # what the user sees today: the env check refuses the proxy until it leaves the deployed compose files
+    # the proxy is left out of the deploy: the example loads as written (its placeholders edited)
     assert init(root) == 0
     copy_example(root, "staging")
-    with pytest.raises(ConfigError) as caught:
-        configuration.load(root, "staging", environ={})
-    assert caught.value.details == ["STATEFUL_SERVICES: compose service 'nginx' is neither stateless nor stateful"]
+    config = configuration.load(root, "staging", environ={})
+    assert config.excluded == ("nginx",) and config.stateless == ("web", "worker")
 
 
 @pytest.mark.parametrize("env", ["staging", "production"])
@@ -238,8 +236,9 @@ def test_what_the_configuration_check_will_refuse_is_shown(tmp_path, capsys):
     assert init(root) == 0
     out = capsys.readouterr().out
     assert "  check: COMPOSE_FILES: service web: bind mount '.' is relative to the repository" in out
-    assert "# check: COMPOSE_FILES: service web: env_file '.env' is not uploaded; use APP_ENV_FILE" in (
-        root / "envs" / "staging.env.example").read_text()
+    example = (root / "envs" / "staging.env.example").read_text()
+    assert "# check: COMPOSE_FILES: service web: bind mount '.' is relative to the repository" in example
+    assert "env_file" not in example  # uploaded with the release: nothing to refuse
 
 
 @pytest.mark.parametrize("image, name", [

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, make_root
+from conftest import COMPOSE, REPO, make_root
 
 from deploytasks import config as configuration
 from deploytasks import keys
@@ -19,6 +19,7 @@ SAMPLES = {
     "MIGRATE_COMMAND": "python3 manage.py migrate", "APP_ENV_FILE": "app.env", "APP_ENV_PASSTHROUGH": "DB_PASSWORD",
     "MAINTENANCE_ALLOW": "10.1.0.0/16,192.0.2.7", "SOURCE_PATH": "app", "BUILD_COMMAND": "make assets",
     "BUILD_INPUTS": "assets,Makefile", "BUILD_OUTPUT": "static", "SHARED_PATHS": "uploads", "TIMEOUT_STOP": "60",
+    "EXCLUDE_SERVICES": "proxy",
 }
 ENVIRON = {"DB_PASSWORD": "hunter2"}
 
@@ -43,7 +44,7 @@ def _name(key: keys.Key) -> str:
 def root(tmp_path, git_repo):
     """A project whose root is also its SOURCE_REPO (the default `.`), with the app's env file."""
     git_repo(tmp_path, [("one", {"app/app.py": "app = None\n"})])
-    make_root(tmp_path, {})
+    make_root(tmp_path, {}, compose=COMPOSE.replace("\nvolumes:", "\n  proxy:\n    image: nginx\nvolumes:"))
     (tmp_path / "app.env").write_text("SECRET_KEY=s3cr3t\n")
     return tmp_path
 
@@ -160,7 +161,7 @@ def test_required_keys_report_missing_and_empty():
 
 # keys whose value config.py turns into something else (project paths, the app's env), checked below
 TRANSFORMED = {"COMPOSE_FILES", "SOURCE_REPO", "APP_ENV_FILE", "APP_ENV_PASSTHROUGH"}
-ATTRIBUTE = {"STATELESS_SERVICES": "stateless", "STATEFUL_SERVICES": "stateful"}
+ATTRIBUTE = {"STATELESS_SERVICES": "stateless", "STATEFUL_SERVICES": "stateful", "EXCLUDE_SERVICES": "excluded"}
 
 
 @pytest.mark.parametrize("mode", keys.MODES)

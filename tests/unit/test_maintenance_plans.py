@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import container_deploy, REL_NEW, REL_OLD, REPO, SHA_NEW, step_named as _step, step_names as _names
 
+from deploytasks.backends import compose
 from deploytasks import config as configuration
 from deploytasks import maintenance, nginx, traffic
 from deploytasks.plan import Cmd, Poll, Put, cmd
@@ -200,9 +201,10 @@ def test_window_deploy_steps(local_config, blue_live_state):
     assert start.actions[1].argv[:len(green)] == green and "--force-recreate" in start.actions[1].argv
     assert _step(plan, "maintenance on") == maintenance.window_on_step(local_config, "blue")
     stop = _step(plan, "stop blue")
-    assert stop.actions == (Cmd((*blue, "stop", "-t", "15", "web"), timeout=40, timeout_key="TIMEOUT_STOP"),)
+    assert stop.actions == (Cmd((*blue, "stop", "-t", "15", "web"), timeout=40, timeout_key="TIMEOUT_STOP",
+                                quiet=compose.shared_volume_warning(local_config)),)
     assert stop.undo == (Cmd((*blue, "up", "-d", "--no-deps", "--wait", "--wait-timeout", "60", "web"),
-                             timeout=90, timeout_key="HEALTH_TIMEOUT"),), \
+                             timeout=90, timeout_key="HEALTH_TIMEOUT", quiet=compose.shared_volume_warning(local_config)),), \
         "undo starts the old colour again, bounded by HEALTH_TIMEOUT"
     migrate = _step(plan, "migrate")
     assert green in [migrate.actions[0].argv[i:i + len(green)] for i in range(len(migrate.actions[0].argv))]
