@@ -9,6 +9,7 @@ import io
 import os
 import posixpath
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,12 @@ class Config:
     health_timeout: float
     health_interval: float
     drain_timeout: float
+    web_port: int | None
+    web_host_ports: tuple[int, int]
+    static_url: str
+    static_path: str
+    media_url: str
+    media_path: str
     migrate_command: tuple[str, ...]
     timeout_command: float
     timeout_pull: float
@@ -88,6 +95,23 @@ class Config:
     processes: "ProcessConfig | None" = None
     site_template: Path = PACKAGED_TEMPLATES / TEMPLATES["site"]
     maintenance_page: Path = PACKAGED_TEMPLATES / TEMPLATES["maintenance"]
+
+    @property
+    def relayed(self) -> bool:
+        """Whether the app listens on a TCP port that nginx relays each colour's socket to (WEB_PORT,
+        or a process server with LISTEN=port), rather than on the colour's unix socket itself."""
+        if self.processes:
+            return self.processes.listen == "port"
+        return self.web_port is not None
+
+    def port(self, colour: str) -> int:
+        """The loopback port `colour` listens on when relayed."""
+        return self.web_host_ports[0 if colour == "blue" else 1]
+
+    @property
+    def check_paths(self) -> tuple[str, ...]:
+        """The app's paths deploytasks asks (each reaches the app in maintenance too), once each."""
+        return tuple(dict.fromkeys(p for p in (self.health_path, self.ready_path, self.version_path) if p))
 
     @property
     def stop_grace(self) -> int:
@@ -112,6 +136,8 @@ class ProcessConfig:
     workers: int
     python: str
     requirements: str
+    start_command: tuple[str, ...]
+    listen: str
     build_command: tuple[str, ...]
     build_inputs: tuple[str, ...]
     build_output: str
@@ -210,11 +236,17 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
         nginx_listen=values["NGINX_LISTEN"],
         server_name=values["SERVER_NAME"],
         health_path=values["HEALTH_PATH"],
-        ready_path=values["READY_PATH"],
+        ready_path=values["READY_PATH"] or values["HEALTH_PATH"],
         version_path=values["VERSION_PATH"],
         health_timeout=values["HEALTH_TIMEOUT"],
         health_interval=values["HEALTH_INTERVAL"],
         drain_timeout=values["DRAIN_TIMEOUT"],
+        web_port=values["WEB_PORT"],
+        web_host_ports=_host_ports(values["WEB_HOST_PORTS"], app_name, problems),
+        static_url=values["STATIC_URL"],
+        static_path=values["STATIC_PATH"],
+        media_url=values["MEDIA_URL"],
+        media_path=values["MEDIA_PATH"],
         migrate_command=values["MIGRATE_COMMAND"],
         timeout_command=values["TIMEOUT_COMMAND"],
         timeout_pull=values["TIMEOUT_PULL"],
@@ -257,9 +289,18 @@ def _check_consistency(config: "Config", problems: list[str]) -> None:
     """Problems between keys, that nginx or the kernel would only report after connecting."""
     if len(set(config.hosts)) != len(config.hosts):
         problems.append("HOSTS: a host is listed twice")
-    paths = {"HEALTH_PATH": config.health_path, "READY_PATH": config.ready_path, "VERSION_PATH": config.version_path}
-    if len(set(paths.values())) != len(paths):
-        problems.append("HEALTH_PATH, READY_PATH, VERSION_PATH: must be three different paths")
+    if config.mode == "processes" and config.web_port is not None:
+        problems.append("WEB_PORT: for containers; a process server on a port is LISTEN=port (it gets $PORT)")
+    if config.processes and config.processes.listen == "port" and not config.processes.start_command:
+        problems.append("LISTEN: port needs START_COMMAND (gunicorn of APP_MODULE listens on its socket)")
+    from . import nginx  # nginx renders from a Config: imported here, not at the top
+
+    if config.site_template.exists():
+        problems.extend(nginx.template_problems(config))
+    _check_files_url(config, "STATIC", config.static_url, config.static_path, problems)
+    _check_files_url(config, "MEDIA", config.media_url, config.media_path, problems)
+    if config.static_url and config.static_url == config.media_url:
+        problems.append("MEDIA_URL: must differ from STATIC_URL")
     if config.timeout_stop <= config.stop_grace:
         problems.append(f"TIMEOUT_STOP: {config.timeout_stop:g} leaves no time to stop a colour: it gets "
                         f"DRAIN_TIMEOUT + 5 = {config.stop_grace}s before SIGKILL")
@@ -267,6 +308,38 @@ def _check_consistency(config: "Config", problems: list[str]) -> None:
     if len(socket) > SOCKET_PATH_MAX:
         problems.append(f"DEPLOY_PATH: too long for a unix socket path ({socket} is {len(socket)} bytes, "
                         f"at most {SOCKET_PATH_MAX})")
+
+
+def _host_ports(listed: tuple[str, ...], app_name: str, problems: list[str]) -> tuple[int, int]:
+    """WEB_HOST_PORTS, or two ports derived from the app's name (apps on one host rarely meet)."""
+    if not listed:
+        base = 20000 + 2 * (zlib.crc32((app_name or "").encode()) % 5000)
+        return base, base + 1
+    if not all(p.isdigit() for p in listed):
+        return 20000, 20001  # the check has said what is wrong with them
+    ports = tuple(int(p) for p in listed)
+    if len(ports) != 2 or ports[0] == ports[1] or not all(1024 <= p <= 65535 for p in ports):
+        problems.append(f"WEB_HOST_PORTS: {','.join(listed)!r} must be two different ports in 1024..65535 "
+                        "(blue's, then green's)")
+        return 20000, 20001
+    return ports[0], ports[1]
+
+
+def _check_files_url(config: "Config", kind: str, url: str, path: str, problems: list[str]) -> None:
+    """STATIC_URL/STATIC_PATH and MEDIA_URL/MEDIA_PATH: both or neither, and a path of the right kind."""
+    if bool(url) != bool(path):
+        problems.append(f"{kind}_URL, {kind}_PATH: set both or neither")
+        return
+    if not url:
+        return
+    if not url.endswith("/") or url == "/":
+        problems.append(f"{kind}_URL: {url!r} must be a prefix ending in '/', not '/' itself")
+    if url in config.check_paths:
+        problems.append(f"{kind}_URL: {url!r} is also one of HEALTH_PATH, READY_PATH, VERSION_PATH")
+    shape = keys.REL_PATH if config.mode == "processes" else keys.HostPath()
+    what = "a path in the release" if config.mode == "processes" else "an absolute path inside the web image"
+    if not shape.ok(path.rstrip("/")):
+        problems.append(f"{kind}_PATH: {path!r} is not {what}")
 
 
 def _processes(root: Path, values: dict, problems: list[str]) -> ProcessConfig:
@@ -285,6 +358,8 @@ def _processes(root: Path, values: dict, problems: list[str]) -> ProcessConfig:
         source_repo=repo,
         source_path=values["SOURCE_PATH"],
         app_module=values["APP_MODULE"],
+        start_command=values["START_COMMAND"],
+        listen=values["LISTEN"],
         workers=values["WORKERS"],
         python=values["PYTHON"],
         requirements=values["REQUIREMENTS"],

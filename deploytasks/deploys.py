@@ -27,8 +27,9 @@ def deploy(config: Config, state: HostState, backend: Backend, sha: str, release
     old = backend.colour(state, live, state.release_of(live)) if live and state.release_of(live) else None
     site = nginx.install_step(config, layout.rendered_site(release))
     # a site routes through the live link; one that does not exist yet (a first deploy, a changed
-    # DEPLOY_PATH or WEB_SERVICE) would answer 502 from the reload until the switch: install it after
-    site_after_switch = (not live or state.live_elsewhere) and not window
+    # DEPLOY_PATH or WEB_SERVICE) would answer 502 from the reload until the switch: install it after.
+    # A relayed app's readiness gate goes through the site's relay sockets: it needs the site first.
+    site_after_switch = (not live or state.live_elsewhere) and not window and not config.relayed
     steps = [prepare_step(layout, release), *backend.stage(state, new), *([] if site_after_switch else [site])]
     migration = [new.migrate()] if migrate and config.migrate_command else []
     if window:
@@ -39,11 +40,13 @@ def deploy(config: Config, state: HostState, backend: Backend, sha: str, release
         steps += [maintenance.window_on_step(config, live)] if own_window else []
         if old:
             steps.append(Step(phases.STOP_OLD, (old.stop(),), undo=old.restart(), label=f"stop {old.colour}"))
-        steps += [*migration, new.ready(), traffic.switch(config, state, new.colour, release),
-                  *([maintenance.off_step(config, maintenance.WINDOW)] if own_window else []), traffic.verify(config, sha)]
+        steps += [*migration, new.ready(), *new.assets(), traffic.switch(config, state, new.colour, release),
+                  *([maintenance.off_step(config, maintenance.WINDOW)] if own_window else []),
+                  traffic.verify(config, sha, new.colour)]
     else:
-        switch, *after = traffic.switch_over(config, state, new.colour, release, sha, (old.stop(),) if old else ())
-        steps += [*migration, new.start(fresh=True), new.ready(), switch, *([site] if site_after_switch else []), *after]
+        switch, *after = traffic.switch_over(config, state, new.colour, release, sha, old)
+        steps += [*migration, new.start(fresh=True), new.ready(), *new.assets(), switch,
+                  *([site] if site_after_switch else []), *after]
     steps.append(_cleanup(config, state, backend, release))
     return Plan(kind, sha, tuple(steps), {"colour": new.colour, "release": release,
                                           "previous": release_sha(state.release_of(live)), "window": window})
@@ -56,7 +59,7 @@ def rollback(config: Config, state: HostState, backend: Backend) -> Plan:
     target = backend.colour(state, colour, release)
     old = backend.colour(state, state.live, state.release_of(state.live))
     steps = [target.start(fresh=False), target.ready(),
-             *traffic.switch_over(config, state, colour, release, sha, (old.stop(),))]
+             *traffic.switch_over(config, state, colour, release, sha, old)]
     return Plan("rollback", sha, tuple(steps), {"colour": colour, "release": release,
                                                 "previous": release_sha(state.release_of(state.live))})
 

@@ -278,18 +278,46 @@ KEYS: tuple[Key, ...] = (
     Key("SERVER_NAME", "_", Match(SERVER_NAMES_RE, "nginx server names"),
         "nginx `server_name` (space-separated names)"),
     Key("HEALTH_PATH", "/healthz", URL_PATH,
-        "liveness endpoint (process up); always passes maintenance mode"),
-    Key("READY_PATH", "/readyz", URL_PATH,
-        "readiness endpoint (database reachable, schema compatible); gates every switch"),
-    Key("VERSION_PATH", "/version", URL_PATH,
-        "answers the SHA the app was built from; checked through nginx after the switch"),
+        "liveness endpoint (process up), answering 2xx; always passes maintenance mode. One URL is enough: "
+        "readiness and the check after the switch use it unless `READY_PATH` / `VERSION_PATH` are set"),
+    Key("READY_PATH", "", URL_PATH,
+        "readiness endpoint (database reachable, schema compatible); gates every switch",
+        shown="`HEALTH_PATH`"),
+    Key("VERSION_PATH", "", URL_PATH,
+        "optional: answers the SHA the app was built from, checked through nginx after the switch; without it "
+        "the check asks `HEALTH_PATH` through nginx and, for a relayed app (`WEB_PORT`), the colour nginx "
+        "stamps on the answer (`X-Deploy-Colour`)", shown="empty (no version endpoint)"),
+    Key("WEB_PORT", "", Integer(1, 65535, blank=True),
+        "the TCP port the web service listens on inside its container (`gunicorn --bind 0.0.0.0:8000` on the "
+        "image's command line, a Node or Go server): each colour is published on a loopback port of its own "
+        "(`WEB_HOST_PORTS`) and nginx relays that colour's fixed unix socket to it, so a deploy is still one "
+        "rename with no reload", shown="empty (the app listens on the unix socket `$APP_SOCKET`)"),
+    Key("WEB_HOST_PORTS", "", Items(re.compile(r"^\d{1,5}$"), "port numbers"),
+        "the two loopback ports the blue and green colours listen on when relayed (`WEB_PORT`, "
+        "`LISTEN=port`); they must be free on every host",
+        shown="two ports from 20000-29999 derived from `APP_NAME`"),
+    Key("STATIC_URL", "", URL_PATH,
+        "URL prefix of the app's static files (`/static/`), served by the host's nginx from each release: a "
+        "page of either version finds its assets while both serve", shown="empty (the app serves them)"),
+    Key("STATIC_PATH", "", Text(),
+        "where those files are: a directory inside the web image (containers: copied out of the new colour once "
+        "it runs, so `collectstatic` at build or at start both work) or in the release (processes)",
+        shown="required with `STATIC_URL`"),
+    Key("MEDIA_URL", "", URL_PATH,
+        "URL prefix of user uploads (`/media/`), served by the host's nginx from `shared/media/` "
+        "(never from Docker's own directories)", shown="empty"),
+    Key("MEDIA_PATH", "", Text(),
+        "where the app writes uploads: a directory inside the web containers (containers: `shared/media` is "
+        "mounted there, owned by the user the image runs as) or in the release (processes: linked to "
+        "`shared/media`)", shown="required with `MEDIA_URL`"),
     Key("HEALTH_TIMEOUT", "120", Number(1, 3600),
         "seconds the new colour has to become healthy and then ready"),
     Key("HEALTH_INTERVAL", "1", Number(0.1, 60),
         "seconds between readiness polls"),
     Key("DRAIN_TIMEOUT", "30", Number(0, 3600),
-        "seconds the old colour gets to finish in-flight requests (gunicorn `--graceful-timeout`; "
-        "compose stop grace is this + 5)"),
+        "seconds the old colour keeps serving the connections it has after the switch (long requests, "
+        "WebSockets): it stops once they have all closed or this has passed, whichever is first; also gunicorn's "
+        "`--graceful-timeout` (compose stop grace is this + 5)"),
     Key("MIGRATE_COMMAND", "", Command(),
         "command run in a one-off container of the new web image before any traffic moves",
         shown="empty (no migrations)"),
@@ -321,6 +349,13 @@ KEYS: tuple[Key, ...] = (
         "subdirectory of the repository that is the app", group=PROCESSES, shown="empty (whole tree)"),
     Key("APP_MODULE", "app:app", Match(MODULE_RE, "a WSGI module:callable"),
         "the WSGI callable gunicorn serves", group=PROCESSES),
+    Key("START_COMMAND", "", Command(),
+        "the app server to run instead of gunicorn (a Node, uvicorn or Go server), in the release with the "
+        "app's env and virtualenv; it listens on `$PORT` (`LISTEN=port`) or `$APP_SOCKET`, stops gracefully "
+        "on SIGTERM and stays in the foreground", group=PROCESSES, shown="empty (gunicorn `APP_MODULE`)"),
+    Key("LISTEN", "socket", Choice(("socket", "port")),
+        "where the app server listens: `socket` (`$APP_SOCKET`, a unix socket) or `port` (`$PORT` on "
+        "127.0.0.1, relayed by nginx like `WEB_PORT`)", group=PROCESSES),
     Key("WORKERS", "4", Integer(1, 64),
         "gunicorn workers per colour", group=PROCESSES),
     Key("PYTHON", "python3", Match(INTERPRETER_RE, "an interpreter name or path"),

@@ -4,7 +4,8 @@
       releases/<UTC-ts>-<sha>/   what was deployed (compose files, rendered config, app.env 0600)
       current -> releases/...    the release now serving
       shared/                    persistent files (process releases: venvs/, logs/, SHARED_PATHS)
-      run/<colour>/<web>.sock    the socket each colour's web service listens on
+      run/<colour>/<web>.sock    the socket each colour's web service listens on (relayed apps:
+                                 <web>.relay.sock, nginx's own, relaying to the colour's loopback port)
       run/<web>.sock -> <colour>/<web>.sock   the live link nginx connects through
       state/<colour> -> ../releases/...       what each colour runs
       state/history.jsonl, state/maintenance
@@ -47,10 +48,12 @@ class Layout:
     web: str
     app: str = "app"
     site_dir: str = "/etc/nginx/conf.d"
+    relay: bool = False  # the app listens on a port; nginx listens on each colour's socket
 
     @classmethod
     def of(cls, config: Config) -> "Layout":
-        return cls(config.deploy_path, config.web_service or "web", config.app_name, config.nginx_site_dir)
+        return cls(config.deploy_path, config.web_service or "web", config.app_name, config.nginx_site_dir,
+                   config.relayed)
 
     def relative(self, path: str) -> str:
         """A path of this layout relative to the root (for tar members)."""
@@ -99,7 +102,18 @@ class Layout:
     def run_dir(self, colour: str) -> str:
         return f"{self.run}/{colour}"
 
+    @property
+    def socket_name(self) -> str:
+        # a relay socket has a name of its own: switching an app to WEB_PORT must not make nginx
+        # bind the path the running colour's own server still listens on
+        return f"{self.web}.relay.sock" if self.relay else f"{self.web}.sock"
+
     def socket(self, colour: str) -> str:
+        """What nginx connects to for `colour`: the app's own socket, or nginx's relay to its port."""
+        return f"{self.run_dir(colour)}/{self.socket_name}"
+
+    def app_socket(self, colour: str) -> str:
+        """Where an app that listens on a unix socket binds it ($APP_SOCKET)."""
         return f"{self.run_dir(colour)}/{self.web}.sock"
 
     def pidfile(self, colour: str) -> str:
@@ -114,7 +128,20 @@ class Layout:
 
     def live_target(self, colour: str) -> str:
         """The live link's target for `colour`, relative to the link."""
-        return f"{colour}/{self.web}.sock"
+        return f"{colour}/{self.socket_name}"
+
+    def static_link(self, which: str) -> str:
+        """run/static/<live|previous>: the static files nginx serves first, then as a fallback."""
+        return f"{self.run}/static/{which}"
+
+    static_name = ".static"  # in a release: its static files (containers: a copy; processes: a link)
+
+    def static_dir(self, release: str) -> str:
+        return f"{self.release(release)}/{self.static_name}"
+
+    @property
+    def media(self) -> str:
+        return f"{self.shared}/media"
 
     # --- state
     @property

@@ -10,7 +10,7 @@ import re
 
 from . import phases
 from .config import Config
-from .layout import Layout
+from .layout import COLOURS, Layout
 from .plan import Put, Step, cmd, sh
 
 RETRY_AFTER_SECONDS = 30
@@ -26,9 +26,12 @@ def render(template: str, values: dict[str, object]) -> str:
 
 
 def site(config: Config) -> str:
+    return render(config.site_template.read_text(), _placeholders(config))
+
+
+def _placeholders(config: Config) -> dict[str, object]:
     layout = Layout.of(config)
-    template = config.site_template.read_text()
-    return render(template, {
+    return {
         "app": config.app_name,
         "env": config.env,
         "var": _variable_prefix(config),
@@ -37,14 +40,90 @@ def site(config: Config) -> str:
         "listen": config.nginx_listen,
         "server_name": config.server_name,
         "default_server": " default_server" if config.server_name == "_" else "",
-        "health_path": config.health_path,
-        "ready_path": config.ready_path,
-        "version_path": config.version_path,
+        "check_locations": "\n".join(f"    location = {path} {{ proxy_pass http://{_variable_prefix(config)}_web; }}"
+                                     for path in config.check_paths),
+        # the paths one by one, for site templates written before check_locations
+        "health_path": config.health_path, "ready_path": config.ready_path, "version_path": config.version_path,
+        "relays": relays(config),
+        "files": files(config),
         "site_additions": layout.site_additions,
         "maintenance_flag": layout.maintenance_flag,
         "retry_after": RETRY_AFTER_SECONDS,
         "maintenance_page": _nginx_string(config.maintenance_page.read_text(), config),
-    })
+    }
+
+
+# Each colour's fixed socket, relayed to the loopback port it listens on: the live link still
+# names a socket, so the switch stays one rename and no deploy reloads nginx. Everything the
+# site set is passed on as it came; the answer is stamped with the colour that gave it.
+_RELAY = """
+# {app}'s {colour} colour listens on 127.0.0.1:{port} (WEB_PORT); nginx relays its socket there.
+server {{
+    listen unix:{socket};
+    access_log off;
+    location / {{
+        proxy_pass http://127.0.0.1:{port};
+        proxy_http_version 1.1;
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Real-IP $http_x_real_ip;
+        proxy_set_header X-Forwarded-For $http_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $http_x_forwarded_proto;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $http_connection;
+        proxy_buffering off;
+        proxy_request_buffering off;
+        client_max_body_size 0;
+        proxy_read_timeout 1h;
+        proxy_send_timeout 1h;
+        add_header {header} {colour} always;
+    }}
+}}"""
+
+COLOUR_HEADER = "X-Deploy-Colour"
+
+
+def relays(config: Config) -> str:
+    """The relay server of each colour, when the app listens on a port (else nothing)."""
+    if not config.relayed:
+        return ""
+    layout = Layout.of(config)
+    return "".join(_RELAY.format(app=config.app_name, colour=colour, port=config.port(colour),
+                                 socket=layout.socket(colour), header=COLOUR_HEADER) for colour in COLOURS) + "\n"
+
+
+def files(config: Config) -> str:
+    """Static files from the live release, then the previous one (a page of either version finds
+    its assets while both serve); uploads from shared/media. nginx reads only the deploy path."""
+    layout, var = Layout.of(config), _variable_prefix(config)
+    blocks = []
+    if config.static_url:
+        prefix = config.static_url.replace(".", r"\.")
+        blocks.append(
+            f"    location ~ ^{prefix}(?<{var}_asset>.*)$ {{\n"
+            f"        root {layout.run}/static;\n"
+            f"        try_files /live/${var}_asset /previous/${var}_asset =404;\n"
+            f"    }}")
+    if config.media_url:
+        blocks.append(f"    location ^~ {config.media_url} {{\n        alias {layout.media}/;\n    }}")
+    return "\n".join(blocks)
+
+
+# placeholders a site template needs for what the configuration asks of it
+NEEDED = {"relays": lambda c: c.relayed, "files": lambda c: bool(c.static_url or c.media_url),
+          "live_socket": lambda c: True}
+
+
+def template_problems(config: Config) -> list[str]:
+    """What an own site template lacks for this configuration, or names that render cannot fill."""
+    text = config.site_template.read_text()
+    used = set(re.findall(r"{{\s*(\w+)\s*}}", text))
+    unknown = sorted(used - set(_placeholders(config)))
+    missing = sorted(name for name, needed in NEEDED.items() if needed(config) and name not in used)
+    if {"ready_path", "version_path"} & used and len(config.check_paths) < 3:
+        missing.append("check_locations")  # one path each would be a duplicate or an empty location
+    return ([f"{config.site_template}: unknown placeholder(s) {', '.join(unknown)}"] if unknown else []) + \
+           ([f"{config.site_template}: lacks {{{{{name}}}}}, needed for this configuration (see the packaged "
+             f"site.conf.template)" for name in missing])
 
 
 def _nginx_string(text: str, config: Config) -> str:
@@ -93,6 +172,17 @@ mv -fT "$previous" "$live" && nginx -s reload -c "$conf" && echo "previous nginx
 """
 
 
+# nginx cannot bind a unix socket whose file exists: one left by an nginx that was killed would
+# fail the reload. Only files no process listens on are removed (a listening one is nginx's own).
+_STALE_RELAYS = r"""
+for socket in "$@"; do
+    [ -S "$socket" ] || continue
+    [ -n "$(ss -Hxl src "$socket" 2>/dev/null)" ] || { rm -f "$socket"; echo "removed a stale relay socket: $socket"; }
+done
+true
+"""
+
+
 def install_argv(rendered: str, live: str, previous: str, conf: str) -> tuple[str, ...]:
     return sh(_INSTALL, rendered, live, previous, conf)
 
@@ -108,10 +198,13 @@ def install_step(config: Config, rendered_path: str) -> Step:
     skip the reload (and the keep-alive resets every reload causes). Undo puts the previous
     site back if this step replaced it."""
     layout = Layout.of(config)
+    relay_sockets = [layout.socket(colour) for colour in COLOURS] if config.relayed else []
+    relay_dirs = [layout.run_dir(colour) for colour in COLOURS] if config.relayed else []
     return Step(
         phases.NGINX,
         (
-            cmd("mkdir", "-p", layout.site_additions),
+            cmd("mkdir", "-p", layout.site_additions, *relay_dirs),
+            *([cmd(*sh(_STALE_RELAYS, *relay_sockets))] if relay_sockets else []),
             Put(rendered_path, site(config).encode()),
             cmd(*install_argv(rendered_path, layout.site, layout.previous_site, config.nginx_conf)),
         ),

@@ -23,6 +23,7 @@ STOP_OLD = "stop-old"          # maintenance window: the old colour stops before
 MIGRATE = "migrate"
 START = "start"                # the new (or rollback target) colour
 READY = "ready"                # readiness gate on the colour's own socket
+ASSETS = "assets"              # containers: the new colour's static files copied out for nginx
 SWITCH = "switch"              # the point of no return: traffic moves
 MAINTENANCE_OFF = "maintenance-off"
 VERIFY = "verify"              # the new SHA answers through nginx
@@ -30,4 +31,4 @@ DRAIN = "drain"                # the old colour finishes its requests and stops
 CLEANUP = "cleanup"            # old releases and images
 
 ALL = (PREPARE, BACKUP, UPLOAD, PULL, NETWORKS, STATEFUL, SHARED_LINKS, DEPENDENCIES, BUILD, NGINX,
-       MAINTENANCE_ON, STOP_OLD, MIGRATE, START, READY, SWITCH, MAINTENANCE_OFF, VERIFY, DRAIN, CLEANUP)
+       MAINTENANCE_ON, STOP_OLD, MIGRATE, START, READY, ASSETS, SWITCH, MAINTENANCE_OFF, VERIFY, DRAIN, CLEANUP)

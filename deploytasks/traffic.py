@@ -57,20 +57,37 @@ def readiness(config: Config, colour: str, diagnose: tuple[Cmd, ...] = ()) -> St
     return Step(phases.READY, (poll,), diagnose=diagnose, label=f"ready: {colour}")
 
 
+def _static_links(config: Config, live: str | None, previous: str | None) -> tuple[tuple[str | None, str], ...]:
+    """run/static/{previous,live} -> releases' static files (STATIC_URL), previous first: a page
+    the old colour rendered still finds its assets once the new one's are live."""
+    if not config.static_url:
+        return ()
+    layout = Layout.of(config)
+    target = lambda release: release and f"../../releases/{release}/{layout.static_name}"  # noqa: E731
+    return ((target(previous), layout.static_link("previous")), (target(live), layout.static_link("live")))
+
+
 def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
     """Send new connections to `colour`; undo puts back the live colour, the colour's old
-    release and `current` as the host had them."""
+    release and `current` as the host had them. Static files move first: the new colour's
+    pages ask for its assets from the instant it serves."""
     layout = Layout.of(config)
     was = {"live": state.live, "colour": state.release_of(colour), "current": state.current}
+    was_serving = state.release_of(state.live) if state.live else None
+    static = (cmd("mkdir", "-p", f"{layout.run}/static"),) if config.static_url else ()
     return Step(
         phases.SWITCH,
         # what the colour runs first: a crash after it leaves the host truthful, not switched
-        (point_links((layout.colour_target(release), layout.colour_link(colour)),
+        (*static,
+         point_links(*_static_links(config, release, was_serving),
+                     (layout.colour_target(release), layout.colour_link(colour)),
                      (layout.live_target(colour), layout.live_socket),
                      (layout.current_target(release), layout.current)),),
         undo=(point_links((was["live"] and layout.live_target(was["live"]), layout.live_socket),
                           (was["colour"] and layout.colour_target(was["colour"]), layout.colour_link(colour)),
-                          (was["current"] and layout.current_target(was["current"]), layout.current)),
+                          (was["current"] and layout.current_target(was["current"]), layout.current),
+                          # the new colour's pages of the last instant still find their assets
+                          *_static_links(config, was_serving, release)),
               # as in drain: what nginx sent the new colour an instant before is answered before it stops
               cmd("sleep", f"{SETTLE_SECONDS:g}")),
         label=f"switch to {colour}",
@@ -78,26 +95,78 @@ def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
     )
 
 
-def verify(config: Config, sha: str) -> Step:
-    """The new SHA answers through the host's nginx, as users reach it."""
-    poll = Poll(nginx.probe(config, config.version_path, "-fsS"), min(config.health_timeout, 30),
-                config.health_interval, expect=sha, what=f"GET {config.version_path} (VERSION_PATH) through nginx",
-                hints=http_hints("VERSION_PATH", config.version_path, nginx.probe_host(config)))
+_ANSWERING_COLOUR = r"""
+headers=$(curl "$@" -D - -o /dev/null) || exit $?
+printf '%s\n' "$headers" | tr -d '\r' | sed -n 's/^[Xx]-[Dd]eploy-[Cc]olour: *//p'
+"""
+
+
+def verify(config: Config, sha: str, colour: str) -> Step:
+    """The new version answers through the host's nginx, as users reach it: its SHA at VERSION_PATH;
+    without one, HEALTH_PATH answers (and, relayed, from the new colour, by the relay's stamp)."""
+    host = nginx.probe_host(config)
+    if config.version_path:
+        poll = Poll(nginx.probe(config, config.version_path, "-fsS"), min(config.health_timeout, 30),
+                    config.health_interval, expect=sha, what=f"GET {config.version_path} (VERSION_PATH) through nginx",
+                    hints=http_hints("VERSION_PATH", config.version_path, host))
+    else:
+        probe = nginx.probe(config, config.health_path, "-fsS")
+        poll = Poll(sh(_ANSWERING_COLOUR, *probe[1:]) if config.relayed else probe, min(config.health_timeout, 30),
+                    config.health_interval, expect=colour if config.relayed else None,
+                    what=f"GET {config.health_path} (HEALTH_PATH) through nginx"
+                         + (f", answered by the {colour} colour ({nginx.COLOUR_HEADER})" if config.relayed else ""),
+                    hints=http_hints("HEALTH_PATH", config.health_path, host))
     return Step(phases.VERIFY, (poll,), label="check through nginx")
 
 
-def drain(colour: str, stop: tuple[Cmd, ...]) -> Step:
-    """Let the old colour finish what it has, then stop it (kept for an instant rollback)."""
-    return Step(phases.DRAIN, (Wait(SETTLE_SECONDS, "let the old colour accept what nginx already sent it"), *stop),
+_DRAIN = r"""
+socket=$1; limit=$2; shift 2
+# "$@": prints the pid of a process in the network namespace that holds the socket's server side
+# (a container's); without it, this host's
+in_ns=""
+if [ "$#" -gt 0 ]; then
+    pid=$("$@" 2>/dev/null | head -n 1)
+    if [ -n "$pid" ] && [ "$pid" != 0 ] && nsenter -t "$pid" -n true 2>/dev/null; then
+        in_ns="nsenter -t $pid -n"
+    else
+        echo "drain: cannot see the colour's connections (its container is gone, or nsenter needs root): not waiting for them"
+        exit 0
+    fi
+fi
+open() {
+    # accepted connections, plus those still queued on the listening socket
+    c=$($in_ns ss -Hx state connected src "$socket" 2>/dev/null | wc -l)
+    q=$($in_ns ss -Hxl src "$socket" 2>/dev/null | awk '{ n += $3 } END { print n + 0 }')
+    echo $((c + q))
+}
+start=$(date +%s)
+while n=$(open) && [ "$n" -gt 0 ]; do
+    if [ $(( $(date +%s) - start )) -ge "$limit" ]; then
+        echo "drain: $n connection(s) still open after ${limit}s (DRAIN_TIMEOUT): stopping the colour"; exit 0
+    fi
+    sleep 0.2
+done
+echo "drain: no connection left after $(( $(date +%s) - start ))s"
+"""
+
+
+def drain(config: Config, colour: str, stop: tuple[Cmd, ...], socket: str | None = None,
+          netns: tuple[str, ...] = ()) -> Step:
+    """Let the old colour finish what it has: the connections nginx opened to it (long requests,
+    WebSockets) end, or DRAIN_TIMEOUT passes; then stop it (kept for an instant rollback).
+    `socket` is the path as the listening side bound it (in the namespace `netns` finds)."""
+    limit = int(config.drain_timeout)
+    wait = cmd(*sh(_DRAIN, socket or Layout.of(config).socket(colour), str(limit), *netns),
+               stream=True).bounded(limit + 30, "DRAIN_TIMEOUT")
+    return Step(phases.DRAIN, (Wait(SETTLE_SECONDS, "let the old colour accept what nginx already sent it"), wait, *stop),
                 best_effort=True, label=f"drain {colour}")
 
 
-def switch_over(config: Config, state: HostState, colour: str, release: str, sha: str,
-                stop_old: tuple[Cmd, ...]) -> list[Step]:
+def switch_over(config: Config, state: HostState, colour: str, release: str, sha: str, old) -> list[Step]:
     """Switch, check through nginx, then drain the colour that served before (if any)."""
-    steps = [switch(config, state, colour, release), verify(config, sha)]
-    if state.live and stop_old:
-        steps.append(drain(state.live, stop_old))
+    steps = [switch(config, state, colour, release), verify(config, sha, colour)]
+    if state.live and old:
+        steps.append(drain(config, state.live, (old.stop(),), *old.listener()))
     return steps
 
 

@@ -34,6 +34,13 @@ class Colour(Protocol):
     def stop(self) -> Cmd:
         """Stop it gracefully: in-flight requests finish within DRAIN_TIMEOUT."""
 
+    def assets(self) -> tuple[Step, ...]:
+        """Once it is ready, before the switch: publish its static files for nginx (if any)."""
+
+    def listener(self) -> tuple[str, tuple[str, ...]]:
+        """The socket nginx's connections to it end at, as its listening side bound it, and a
+        command printing a pid in the network namespace that socket lives in ((): this host's)."""
+
     def migrate(self) -> Step:
         """Run MIGRATE_COMMAND once, with this release's code and environment."""
 

@@ -24,11 +24,16 @@ class _Reset(list):
     """Compose's `!reset` tag: drop what the team's file sets (host ports would clash between colours)."""
 
 
+class _Override(list):
+    """Compose's `!override` tag: this list instead of the team's (not merged with it)."""
+
+
 class _Dumper(yaml.SafeDumper):
     pass
 
 
 _Dumper.add_representer(_Reset, lambda dumper, data: dumper.represent_sequence("!reset", data))
+_Dumper.add_representer(_Override, lambda dumper, data: dumper.represent_sequence("!override", data))
 # PyYAML quotes what YAML 1.1 would not read as a string; compose reads YAML 1.2, which also takes
 # e.g. 1e51234 (a SHA) for a number: quote whatever either could read as a number, bool or null.
 _NOT_A_STRING_IN_YAML_1_2 = re.compile(
@@ -64,20 +69,32 @@ def overlay(config: Config, compose: dict, layout: Layout, release_dir: str, sha
     for service in config.stateless:
         spec = compose["services"].get(service) or {}
         environment = {"DEPLOY_SHA": sha, "DEPLOY_COLOUR": colour, "DEPLOY_ENV": config.env}
-        if service == config.web_service:
+        web = service == config.web_service
+        if web:
             environment["APP_SOCKET"] = f"{CONTAINER_RUN_DIR}/{layout.web}.sock"
-            ours = f"--bind=unix:{CONTAINER_RUN_DIR}/{layout.web}.sock --graceful-timeout={int(config.drain_timeout)}"
+            # a --bind on the image's command line wins over these; without one, gunicorn binds here
+            bind = f"0.0.0.0:{config.web_port}" if config.relayed else f"unix:{CONTAINER_RUN_DIR}/{layout.web}.sock"
+            ours = f"--bind={bind} --graceful-timeout={int(config.drain_timeout)}"
             theirs = _environment(spec).get("GUNICORN_CMD_ARGS") or config.app_env.get("GUNICORN_CMD_ARGS", "")
             environment["GUNICORN_CMD_ARGS"] = f"{theirs} {ours}".strip()  # later options win in gunicorn
+        volumes = [f"{layout.run_dir(colour)}:{CONTAINER_RUN_DIR}"]
+        if config.media_url:  # uploads outlive releases, and nginx serves them without Docker's internals
+            volumes.append(f"{layout.media}:{config.media_path.rstrip('/')}")
+        theirs = spec.get("volumes") or []
+        # the colours serve static files of their own image, not a volume both share (and a
+        # migration's collectstatic writes into): one mounted at STATIC_PATH is left out
+        kept = [v for v in theirs if not (config.static_url and _target(v) == config.static_path.rstrip("/"))]
         override = {
             "image": f"{config.images[service]}:{sha}",
             "env_file": [f"{release_dir}/{APP_ENV}"],
             "environment": environment,
-            "volumes": [f"{layout.run_dir(colour)}:{CONTAINER_RUN_DIR}"],
+            "volumes": _Override(kept + volumes) if len(kept) < len(theirs) else volumes,
             "stop_grace_period": f"{config.stop_grace}s",
             "labels": {"deploytasks.sha": sha, "deploytasks.colour": colour},
         }
-        if spec.get("ports"):
+        if web and config.relayed:  # this colour's own loopback port, which nginx relays its socket to
+            override["ports"] = _Override([f"127.0.0.1:{config.port(colour)}:{config.web_port}"])
+        elif spec.get("ports"):
             override["ports"] = _Reset()
         if spec.get("container_name"):
             override["container_name"] = _Reset()  # two colours cannot share one name
@@ -106,6 +123,14 @@ def _never_built(spec: dict) -> dict:
     if spec.get("build") is None:
         return {}
     return {"build": _Reset(), **({"pull_policy": "missing"} if spec.get("pull_policy") == "build" else {})}
+
+
+def _target(volume) -> str:
+    """Where a compose volume entry (short `src:target[:mode]` or long syntax) is mounted."""
+    if isinstance(volume, dict):
+        return str(volume.get("target", "")).rstrip("/")
+    parts = str(volume).split(":")
+    return (parts[1] if len(parts) > 1 else parts[0]).rstrip("/")
 
 
 def _environment(spec: dict) -> dict[str, str]:

@@ -15,7 +15,7 @@ from .. import phases, registry, traffic
 from ..config import Config
 from ..errors import ConfigError
 from ..facts import HostState, release_sha
-from ..layout import APP_ENV, Layout
+from ..layout import APP_ENV, CONTAINER_RUN_DIR, Layout
 from ..plan import Cmd, Put, Step, cmd, sh
 from ..tracked import tracked
 from . import compose
@@ -47,7 +47,7 @@ class ContainerColour:
         undo = self._stopping(self("rm", "-f", "-s", *services) if fresh else self("stop", "-t", "5", *services))
         # a recreated colour binds a fresh socket; one still running (a rollback after a failed
         # drain) keeps listening on the one it has
-        fresh_socket = (cmd("rm", "-f", Layout.of(self.config).socket(self.colour)),) if fresh else ()
+        fresh_socket = (cmd("rm", "-f", Layout.of(self.config).app_socket(self.colour)),) if fresh else ()
         return Step(phases.START, (*fresh_socket, self._up(fresh)), undo=(undo,), diagnose=self.diagnostics(),
                     label=f"start {self.colour}")
 
@@ -62,6 +62,31 @@ class ContainerColour:
 
     def ready(self) -> Step:
         return traffic.readiness(self.config, self.colour, diagnose=self.diagnostics())
+
+    def _web_pid(self) -> tuple[str, ...]:
+        """Prints the pid of this colour's web container (its network namespace, its user)."""
+        return sh('docker inspect -f "{{.State.Pid}}" "$("$@")"', *self("ps", "-q", self.config.web_service).argv)
+
+    def listener(self) -> tuple[str, tuple[str, ...]]:
+        # a relayed colour's socket is nginx's, on this host; an app's own is in its container,
+        # where it has the path the app bound
+        if self.config.relayed:
+            return Layout.of(self.config).socket(self.colour), ()
+        return f"{CONTAINER_RUN_DIR}/{Layout.of(self.config).web}.sock", self._web_pid()
+
+    def assets(self) -> tuple[Step, ...]:
+        """Copy the static files out of the running web container (collected at build or at start
+        alike) into the release, where nginx serves them from; hand the uploads directory to the
+        user the web container runs as."""
+        config, layout = self.config, Layout.of(self.config)
+        actions = []
+        if config.static_url:
+            target = layout.static_dir(self.release)
+            actions += [cmd("rm", "-rf", target),
+                        self("cp", f"{config.web_service}:{config.static_path.rstrip('/')}/.", target)]
+        if config.media_url:
+            actions.append(cmd(*sh(_OWN_MEDIA, layout.media, *self._web_pid())))
+        return (Step(phases.ASSETS, tuple(actions), label="static files"),) if actions else ()
 
     def stop(self) -> Cmd:
         return self._stopping(self("stop", "-t", str(self.config.stop_grace), *self.config.stateless))
@@ -79,6 +104,13 @@ class ContainerColour:
         migration = cmd(*tracked(Layout.of(self.config), record, "migration", run.argv, name), stream=True)
         return Step(phases.MIGRATE, (dataclasses.replace(migration, quiet=run.quiet).bounded(
             self.config.timeout_migrate, "TIMEOUT_MIGRATE"),), outlives_connection=True)
+
+
+_OWN_MEDIA = r"""
+media=$1; shift
+pid=$("$@") && uid=$(stat -c %u "/proc/$pid") || exit 1
+[ "$(stat -c %u "$media")" = "$uid" ] || chown "$uid" "$media"
+"""
 
 
 def check_images(config: Config, sha: str) -> None:
@@ -116,6 +148,9 @@ class Containers:
             # the first start pulls the stateful services' images: bounded like a pull
             up = shared("up", "-d", "--no-recreate", *config.stateful).bounded(config.timeout_pull, "TIMEOUT_PULL")
             steps.append(Step(phases.STATEFUL, (up,), label="stateful services"))
+        if config.media_url:
+            steps.append(Step(phases.SHARED_LINKS, (cmd("mkdir", "-p", Layout.of(config).media),),
+                              label="uploads directory"))
         return steps
 
     def freed(self, state: HostState, doomed: list[str], kept: list[str]) -> tuple[Cmd, ...]:

@@ -1,7 +1,8 @@
-"""Process releases: gunicorn on the host, one per colour, no containers.
+"""Process releases: an app server on the host (gunicorn, or START_COMMAND), one per colour, no containers.
 
 Staging a release: backup -> upload code -> shared links -> dependencies -> build (the rest of
-the deploy is the shared skeleton in deploys.py).
+the deploy is the shared skeleton in deploys.py). Each colour's server listens on the colour's
+socket, or on its loopback port (LISTEN=port) behind nginx's relay to that socket.
 
 The code of the SHA goes into releases/<UTC-ts>-<sha>/; its virtualenv lives in
 shared/venvs/<requirements-hash>-<UTC-ts>/ and is linked in, so `--fast` can reuse one built
@@ -69,16 +70,17 @@ echo "$hash" > "$meta/build-hash"
 """
 
 _STOP = r"""
-pidfile=$1; timeout=$2
+pidfile=$1; timeout=$2; releases=$3
 pid=$(cat "$pidfile" 2>/dev/null) || exit 0
-# a pid file can outlive its process (a reboot): signal only a gunicorn
-if ! kill -0 "$pid" 2>/dev/null || ! tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q gunicorn; then
-    rm -f "$pidfile"; exit 0
-fi
+# a pid file can outlive its process (a reboot): signal only a server running in one of our releases
+case "$(readlink "/proc/$pid/cwd" 2>/dev/null)" in
+    "$releases"/*) ;;
+    *) rm -f "$pidfile"; exit 0 ;;
+esac
 kill -TERM "$pid"
 waited=0
 while kill -0 "$pid" 2>/dev/null; do
-    if [ "$waited" -ge $((timeout * 10)) ]; then echo "gunicorn $pid still running after ${timeout}s: SIGKILL"; kill -KILL "$pid"; fi
+    if [ "$waited" -ge $((timeout * 10)) ]; then echo "app server $pid still running after ${timeout}s: SIGKILL"; kill -KILL "$pid"; fi
     sleep 0.1; waited=$((waited + 1))
 done
 rm -f "$pidfile"
@@ -135,8 +137,17 @@ def env_wrapper(config: Config, release_dir: str, sha: str) -> str:
     ])
 
 
-class Gunicorn:
-    """One colour's gunicorn, run from one release, supervised by pid file or systemd."""
+# START_COMMAND in the background without systemd: its own session, its pid (exec keeps it) in the pid file
+_DAEMON = r"""
+script=$1; pidfile=$2; log=$3
+setsid sh "$script" </dev/null >>"$log" 2>&1 &
+echo $! > "$pidfile"
+"""
+
+
+class AppServer:
+    """One colour's app server (gunicorn or START_COMMAND), run from one release, supervised by
+    pid file or systemd."""
 
     def __init__(self, config: Config, state: HostState, colour: str, release: str):
         self.config, self.colour, self.release = config, colour, release
@@ -153,16 +164,23 @@ class Gunicorn:
         return f"{self.config.app_name}@{self.colour}.service"
 
     def start_script(self) -> str:
-        """What starting this colour runs: gunicorn of this release on this colour's socket."""
-        processes, layout = self.config.processes, self.layout
-        argv = ["--pid", self.pidfile, "--bind", f"unix:{layout.socket(self.colour)}", "--chdir", self.dir,
-                "--workers", str(processes.workers), "--graceful-timeout", str(int(self.config.drain_timeout)),
-                "--error-logfile", layout.log(self.colour), "--capture-output"]
+        """What starting this colour runs: gunicorn of this release on this colour's socket, or
+        START_COMMAND with $PORT and $APP_SOCKET saying where to listen."""
+        config, processes, layout = self.config, self.config.processes, self.layout
+        run = f"{shlex.quote(self.dir)}/{RELEASE_META}/run"
+        if processes.start_command:
+            server = f"{run} {shlex.join(processes.start_command)}"
+        else:
+            argv = ["--pid", self.pidfile, "--bind", f"unix:{layout.app_socket(self.colour)}", "--chdir", self.dir,
+                    "--workers", str(processes.workers), "--graceful-timeout", str(int(config.drain_timeout)),
+                    "--error-logfile", layout.log(self.colour), "--capture-output"]
+            server = f"{run} gunicorn {shlex.join(argv)} \"$@\" {shlex.quote(processes.app_module)}"
         return "\n".join([
             "#!/bin/sh",
-            f"# Rendered by deploytasks: {self.config.app_name} {self.release} as the {self.colour} colour.",
-            f"export DEPLOY_COLOUR={self.colour} APP_SOCKET={shlex.quote(layout.socket(self.colour))}",
-            f"exec {shlex.quote(self.dir)}/{RELEASE_META}/run gunicorn {shlex.join(argv)} \"$@\" {shlex.quote(processes.app_module)}",
+            f"# Rendered by deploytasks: {config.app_name} {self.release} as the {self.colour} colour.",
+            f"export DEPLOY_COLOUR={self.colour} APP_SOCKET={shlex.quote(layout.app_socket(self.colour))}"
+            f" PORT={config.port(self.colour)} HOST=127.0.0.1",
+            f"exec {server}",
             "",
         ])
 
@@ -177,10 +195,14 @@ class Gunicorn:
                     label=f"start {self.colour}")
 
     def restart(self) -> tuple[Cmd, ...]:
-        fresh_socket = cmd("rm", "-f", self.layout.socket(self.colour))
+        fresh_socket = cmd("rm", "-f", self.layout.app_socket(self.colour))  # never nginx's relay socket
         if self.systemd:  # a restart stops the colour first, if it runs
             return fresh_socket, self._stopping(cmd("systemctl", "restart", self.unit))
-        return self.stop(), fresh_socket, cmd("sh", self.script, "--daemon")
+        if self.config.processes.start_command:
+            daemon = cmd(*sh(_DAEMON, self.script, self.pidfile, self.layout.log(self.colour)))
+        else:
+            daemon = cmd("sh", self.script, "--daemon")
+        return self.stop(), fresh_socket, daemon
 
     def migrate(self) -> Step:
         """MIGRATE_COMMAND in the release, with the app's env and virtualenv; registered in the
@@ -194,7 +216,7 @@ class Gunicorn:
     def stop(self) -> Cmd:
         if self.systemd:
             return self._stopping(cmd("systemctl", "disable", "--now", self.unit))
-        return self._stopping(cmd(*sh(_STOP, self.pidfile, str(self.config.stop_grace))))
+        return self._stopping(cmd(*sh(_STOP, self.pidfile, str(self.config.stop_grace), self.layout.releases)))
 
     def _stopping(self, command: Cmd) -> Cmd:
         return command.bounded(self.config.timeout_stop, "TIMEOUT_STOP")
@@ -205,13 +227,19 @@ class Gunicorn:
     def ready(self) -> Step:
         return traffic.readiness(self.config, self.colour, diagnose=self.diagnostics())
 
+    def assets(self) -> tuple[Step, ...]:
+        return ()  # the release's STATIC_PATH is linked in when it is staged
+
+    def listener(self) -> tuple[str, tuple[str, ...]]:
+        return self.layout.socket(self.colour), ()
+
 
 def unit_file(config: Config) -> str:
     """An instanced systemd unit: <app>@blue and <app>@green run each colour's start.sh."""
     layout = Layout.of(config)
     return "\n".join([
         "[Unit]",
-        f"Description={config.app_name} (%i colour), gunicorn managed by deploytasks",
+        f"Description={config.app_name} (%i colour), app server managed by deploytasks",
         "After=network.target",
         "",
         "[Service]",
@@ -236,16 +264,17 @@ class Processes:
         self.config, self.source, self.fast = config, code, fast
         self.sha = code.sha if code else None
 
-    def colour(self, state: HostState, colour: str, release: str) -> Gunicorn:
-        return Gunicorn(self.config, state, colour, release or "")
+    def colour(self, state: HostState, colour: str, release: str) -> AppServer:
+        return AppServer(self.config, state, colour, release or "")
 
-    def stage(self, state: HostState, new: Gunicorn) -> list[Step]:
+    def stage(self, state: HostState, new: AppServer) -> list[Step]:
         config, code = self.config, self.source
         processes, layout = config.processes, Layout.of(config)
         meta = f"{new.dir}/{RELEASE_META}"
         reuse = "yes" if self.fast else "no"
         steps = [
-            Step(phases.BACKUP, (backup(layout, timestamp(new.release), config.keep_releases, processes.shared_paths),)),
+            Step(phases.BACKUP, (backup(layout, timestamp(new.release), config.keep_releases,
+                                        (*processes.shared_paths, *(["media"] if config.media_url else []))),)),
             Step(phases.UPLOAD, (
                 cmd("mkdir", "-p", meta, layout.logs, layout.venvs),
                 Put(f"{new.dir}/.source.tar", code.archive),
@@ -255,14 +284,18 @@ class Processes:
                 Put(f"{meta}/run", env_wrapper(config, new.dir, code.sha).encode(), mode=0o755),
             ), label="upload code"),
         ]
-        if processes.shared_paths:
+        links = [(f"{layout.shared}/{path}", path) for path in processes.shared_paths]
+        if config.media_url:  # uploads: one directory for every release, served by nginx
+            links.append((layout.media, config.media_path.rstrip("/")))
+        if links or config.static_url:
             steps.append(Step(phases.SHARED_LINKS, tuple(
-                action for path in processes.shared_paths for action in (
-                    cmd("mkdir", "-p", f"{layout.shared}/{path}"),
+                action for shared, path in links for action in (
+                    cmd("mkdir", "-p", shared),
                     cmd("rm", "-rf", f"{new.dir}/{path}"),
-                    cmd("ln", "-sfn", f"{layout.shared}/{path}", f"{new.dir}/{path}"),
+                    cmd("ln", "-sfn", shared, f"{new.dir}/{path}"),
                 )
-            ), label="shared links"))
+            ) + ((cmd("ln", "-sfn", config.static_path.rstrip("/"), layout.static_dir(new.release)),)
+                 if config.static_url else ()), label="shared links"))
         steps.append(Step(phases.DEPENDENCIES, (cmd(*sh(
             _DEPENDENCIES, layout.venvs, f"{new.dir}/{processes.requirements}", processes.python,
             f"{new.dir}/{RELEASE_VENV}", reuse, timestamp(new.release), code.requirements_hash or "none"),
@@ -282,7 +315,7 @@ class Processes:
 def backup(layout: Layout, name: str, keep: int, shared_paths: tuple[str, ...]) -> Cmd:
     """.backups/<name>/: what a rollback needs that is not in releases/ (the links, state and
     shared files, the nginx site); not the lock (a restored lock would block every deploy),
-    logs, virtualenvs or SHARED_PATHS (user data is the database backups' job)."""
+    logs, virtualenvs, SHARED_PATHS or uploads (user data is the database backups' job)."""
     members = [layout.current, layout.live_socket, layout.state, layout.shared]
     skipped = [layout.lock, layout.logs, layout.venvs, *(f"{layout.shared}/{path}" for path in shared_paths)]
     return cmd(*sh(_BACKUP, layout.root, layout.backups, name, layout.site, str(keep),

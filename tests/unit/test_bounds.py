@@ -90,7 +90,8 @@ def test_container_deploy_bounds_each_command_class(local_config, blue_live_stat
     assert up.argv[-3:] == ("--wait-timeout", "60", "web") and _bound(up) == (60 + UP_MARGIN, "HEALTH_TIMEOUT"), \
         "a little above compose's own --wait-timeout"
     assert [_bound(c) for c in start.undo] == [(40, "TIMEOUT_STOP")]
-    assert [_bound(a) for a in drain.actions if isinstance(a, Cmd)] == [(40, "TIMEOUT_STOP")]
+    # the wait for the old colour's connections (DRAIN_TIMEOUT + 30), then its stop
+    assert [_bound(a) for a in drain.actions if isinstance(a, Cmd)] == [(10 + 30, "DRAIN_TIMEOUT"), (40, "TIMEOUT_STOP")]
     # the rest (links, nginx, cleanup, diagnostics) get TIMEOUT_COMMAND from the executor
     bounded = {id(c) for c in (pull, stateful, migrate, up, *start.undo, *drain.actions)}
     assert all(c.timeout is None for c in _cmds(plan) if id(c) not in bounded)
@@ -100,7 +101,8 @@ def test_container_rollback_bounds_the_start_and_the_drain(local_config, green_l
     plan = container_rollback(local_config, green_live_state)
     start = step_named(plan, "start blue")
     assert _bound(start.actions[0]) == (90, "HEALTH_TIMEOUT") and _bound(start.undo[0]) == (40, "TIMEOUT_STOP")
-    assert _bound(step_named(plan, "drain green").actions[-1]) == (40, "TIMEOUT_STOP")
+    drain = step_named(plan, "drain green").actions
+    assert _bound(drain[1]) == (40, "DRAIN_TIMEOUT") and _bound(drain[-1]) == (40, "TIMEOUT_STOP")
 
 
 @pytest.mark.parametrize("supervisor", ["pidfile", "systemd"])
@@ -112,7 +114,8 @@ def test_process_deploy_bounds_each_command_class(process_config, blue_live_stat
     assert [_bound(a) for a in step_named(plan, "build").actions] == [(1800, "TIMEOUT_BUILD")]
     assert [_bound(a) for a in step_named(plan, "migrate").actions] == [(1800, "TIMEOUT_MIGRATE")]
     stop = (40, "TIMEOUT_STOP")
-    assert [_bound(a) for a in step_named(plan, "drain blue").actions if isinstance(a, Cmd)] == [stop]
+    assert [_bound(a) for a in step_named(plan, "drain blue").actions if isinstance(a, Cmd)] == \
+        [(10 + 30, "DRAIN_TIMEOUT"), stop]
     start = step_named(plan, "start green")
     assert [_bound(a) for a in start.undo] == [stop]
     starting = [_bound(a) for a in start.actions if isinstance(a, Cmd) and a.argv[:1] in (("systemctl",), ("sh",))]
@@ -133,6 +136,8 @@ def test_every_bound_names_the_key_it_comes_from(local_config, process_config, b
     for action in bounded:
         if action.timeout_key == "HEALTH_TIMEOUT":
             assert action.timeout == config.health_timeout + UP_MARGIN
+        elif action.timeout_key == "DRAIN_TIMEOUT":  # the drain's wait for open connections, and a margin
+            assert action.timeout == config.drain_timeout + 30
         else:
             assert action.timeout_key.startswith("TIMEOUT_") and action.timeout_key in keys.BY_NAME
             assert action.timeout == _configured(config, action.timeout_key), action

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import zlib
 
 import pytest
 from conftest import GOOD_ENV, REPO, make_root, raw_of, replace_keys as _replace
@@ -50,7 +51,11 @@ def test_defaults_apply(tmp_path):
     assert c.deploy_path == "/srv/shop"
     assert c.ssh_port == 22 and c.ssh_user == "root"
     assert c.nginx_listen == 80 and c.server_name == "_"
-    assert (c.health_path, c.ready_path, c.version_path) == ("/healthz", "/readyz", "/version")
+    # one health URL is enough: readiness asks it too, and the check after the switch needs no version URL
+    assert (c.health_path, c.ready_path, c.version_path) == ("/healthz", "/healthz", "")
+    assert c.check_paths == ("/healthz",)
+    assert c.web_port is None and not c.relayed, "the app listens on its colour's unix socket"
+    assert (c.static_url, c.static_path, c.media_url, c.media_path) == ("", "", "", "")
     assert c.keep_releases == 5
     assert c.migrate_command == ()
     assert c.app_env == {}
@@ -350,3 +355,108 @@ def test_deploy_path_must_be_a_real_directory_below_root(value):
 def test_an_empty_required_key_is_one_problem(tmp_path):
     root = make_root(tmp_path, {"t": _replace(GOOD_ENV, HOSTS="")})
     assert _problems(root) == ["HOSTS: missing (required)"]
+
+
+# --- health paths, relayed apps (WEB_PORT), static files and uploads ------------------------------
+
+def _load(tmp_path, **changes):
+    return configuration.load(make_root(tmp_path, {"t": _replace(GOOD_ENV, **changes)}), "t", environ={})
+
+
+def _problems_with(tmp_path, **changes) -> list[str]:
+    return _problems(make_root(tmp_path, {"t": _replace(GOOD_ENV, **changes)}))
+
+
+def test_ready_path_defaults_to_the_health_path(tmp_path):
+    c = _load(tmp_path, HEALTH_PATH="/up")
+    assert (c.health_path, c.ready_path, c.version_path) == ("/up", "/up", "")
+    assert c.check_paths == ("/up",)
+
+
+def test_check_paths_are_the_distinct_paths_set_in_order(tmp_path):
+    """Paths may now be shared (one URL for all three is the default): no longer a problem."""
+    c = _load(tmp_path, HEALTH_PATH="/up", READY_PATH="/up", VERSION_PATH="/v")
+    assert (c.ready_path, c.version_path) == ("/up", "/v") and c.check_paths == ("/up", "/v")
+    c = _load(tmp_path, READY_PATH="/ready", VERSION_PATH="/version")
+    assert c.check_paths == ("/healthz", "/ready", "/version")
+
+
+def test_web_host_ports_default_from_the_app_name(tmp_path):
+    c = _load(tmp_path)
+    base = 20000 + 2 * (zlib.crc32(b"shop") % 5000)  # stable across versions: hosts keep their ports
+    assert c.web_host_ports == (base, base + 1) and base % 2 == 0 and 20000 <= base < base + 1 <= 29999
+    assert (c.port("blue"), c.port("green")) == (base, base + 1)
+    blog = 20000 + 2 * (zlib.crc32(b"blog") % 5000)
+    assert _load(tmp_path, APP_NAME="blog").web_host_ports == (blog, blog + 1) != c.web_host_ports
+
+
+def test_web_port_makes_the_app_relayed_on_its_host_ports(tmp_path):
+    c = _load(tmp_path, WEB_PORT="8000", WEB_HOST_PORTS="21000,21001")
+    assert c.web_port == 8000 and c.relayed
+    assert c.web_host_ports == (21000, 21001) and (c.port("blue"), c.port("green")) == (21000, 21001)
+
+
+@pytest.mark.parametrize("value", ["21000", "21000,21000", "80,81", "21000,70000", "21000,21001,21002"])
+def test_web_host_ports_must_be_two_different_unprivileged_ports(tmp_path, value):
+    assert _problems_with(tmp_path, WEB_HOST_PORTS=value) == [
+        f"WEB_HOST_PORTS: {value!r} must be two different ports in 1024..65535 (blue's, then green's)"]
+
+
+def test_static_files_and_uploads_are_read(tmp_path):
+    c = _load(tmp_path, STATIC_URL="/static/", STATIC_PATH="/app/static/", MEDIA_URL="/media/",
+              MEDIA_PATH="/app/media")
+    assert (c.static_url, c.static_path, c.media_url, c.media_path) == ("/static/", "/app/static/", "/media/",
+                                                                        "/app/media")
+
+
+@pytest.mark.parametrize("kind", ["STATIC", "MEDIA"])
+@pytest.mark.parametrize("only", ["URL", "PATH"])
+def test_files_url_and_path_come_together(tmp_path, kind, only):
+    value = {"URL": f"/{kind.lower()}/", "PATH": "/app/files"}[only]
+    assert _problems_with(tmp_path, **{f"{kind}_{only}": value}) == [f"{kind}_URL, {kind}_PATH: set both or neither"]
+
+
+@pytest.mark.parametrize("url", ["/static", "/"])
+def test_files_url_is_a_prefix_ending_in_a_slash(tmp_path, url):
+    assert _problems_with(tmp_path, STATIC_URL=url, STATIC_PATH="/app/static") == [
+        f"STATIC_URL: {url!r} must be a prefix ending in '/', not '/' itself"]
+
+
+def test_files_url_is_not_a_check_path(tmp_path):
+    assert _problems_with(tmp_path, HEALTH_PATH="/up/", MEDIA_URL="/up/", MEDIA_PATH="/app/media") == [
+        "MEDIA_URL: '/up/' is also one of HEALTH_PATH, READY_PATH, VERSION_PATH"]
+
+
+@pytest.mark.parametrize("path", ["static", "/app/../etc", "/app/static; id"])
+def test_files_path_of_containers_is_absolute_in_the_image(tmp_path, path):
+    assert _problems_with(tmp_path, STATIC_URL="/static/", STATIC_PATH=path) == [
+        f"STATIC_PATH: {path!r} is not an absolute path inside the web image"]
+
+
+def test_static_and_media_urls_differ(tmp_path):
+    assert _problems_with(tmp_path, STATIC_URL="/files/", STATIC_PATH="/app/static", MEDIA_URL="/files/",
+                          MEDIA_PATH="/app/media") == ["MEDIA_URL: must differ from STATIC_URL"]
+
+
+def _process_env(repo, **changes) -> str:
+    return _replace(f"APP_NAME=shop\nMODE=processes\nHOSTS=h1\nSOURCE_REPO={repo}\n", **changes)
+
+
+def test_web_port_is_for_containers(tmp_path, process_repo):
+    root = make_root(tmp_path, {"t": _process_env(process_repo[0], WEB_PORT="8000")})
+    assert _problems(root) == ["WEB_PORT: for containers; a process server on a port is LISTEN=port (it gets $PORT)"]
+
+
+def test_listen_on_a_port_needs_a_start_command(tmp_path, process_repo):
+    root = make_root(tmp_path, {"t": _process_env(process_repo[0], LISTEN="port")})
+    assert _problems(root) == ["LISTEN: port needs START_COMMAND (gunicorn of APP_MODULE listens on its socket)"]
+    (root / "envs" / "t.env").write_text(_process_env(process_repo[0], LISTEN="port", START_COMMAND="node server.js"))
+    c = configuration.load(root, "t", environ={})
+    assert c.relayed and c.processes.listen == "port" and c.processes.start_command == ("node", "server.js")
+    assert c.web_port is None
+
+
+@pytest.mark.parametrize("path", ["/srv/app/static", "../static", "static/../.."])
+def test_files_path_of_processes_is_relative_in_the_release(tmp_path, process_repo, path):
+    root = make_root(tmp_path, {"t": _process_env(process_repo[0], STATIC_URL="/static/", STATIC_PATH=path)})
+    assert _problems(root) == [f"STATIC_PATH: {path!r} is not a path in the release"]

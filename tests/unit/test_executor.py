@@ -347,12 +347,25 @@ def test_a_readiness_gate_that_fails_names_its_key_and_the_answer(host, clock, l
 def test_the_check_through_nginx_names_version_path(host, clock, local_config):
     from deploytasks import traffic
 
-    [poll] = traffic.verify(local_config, SHA).actions
+    [poll] = traffic.verify(local_config, SHA, "green").actions
     host.transport.answer(line(poll), exited=22, stderr="curl: (22) The requested URL returned error: 502\n")
     with pytest.raises(StepFailed) as failed:
         execute(host.remote, plan(Step("verify", (poll,))))
     assert str(failed.value).splitlines()[0] == ("web1: GET /version (VERSION_PATH) through nginx: not ready after "
                                                  f"{poll.timeout:g}s: answered HTTP 502:")
+
+
+def test_the_check_through_nginx_without_version_path_names_health_path(host, clock, local_config):
+    from deploytasks import traffic
+
+    config = dataclasses.replace(local_config, version_path="")
+    [poll] = traffic.verify(config, SHA, "green").actions
+    host.transport.answer(line(poll), exited=22, stderr="curl: (22) The requested URL returned error: 404\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("verify", (poll,))))
+    assert str(failed.value).splitlines()[0] == (
+        f"web1: GET /healthz (HEALTH_PATH) through nginx: not ready after {poll.timeout:g}s: answered HTTP 404: the "
+        "app has no /healthz; set HEALTH_PATH to the path it answers:")
 
 
 # --- undo that knows what serves ---------------------------------------------------------------------

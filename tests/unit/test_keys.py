@@ -19,8 +19,12 @@ SAMPLES = {
     "MIGRATE_COMMAND": "python3 manage.py migrate", "APP_ENV_FILE": "app.env", "APP_ENV_PASSTHROUGH": "DB_PASSWORD",
     "MAINTENANCE_ALLOW": "10.1.0.0/16,192.0.2.7", "SOURCE_PATH": "app", "BUILD_COMMAND": "make assets",
     "BUILD_INPUTS": "assets,Makefile", "BUILD_OUTPUT": "static", "SHARED_PATHS": "uploads", "TIMEOUT_STOP": "60",
-    "EXCLUDE_SERVICES": "proxy",
+    "EXCLUDE_SERVICES": "proxy", "READY_PATH": "/readyz", "VERSION_PATH": "/version", "WEB_PORT": "8000",
+    "WEB_HOST_PORTS": "21000,21001", "STATIC_URL": "/static/", "STATIC_PATH": "/app/static", "MEDIA_URL": "/media/",
+    "MEDIA_PATH": "/app/media", "START_COMMAND": "node server.js",
 }
+# What differs for process releases: no WEB_PORT (LISTEN=port instead), paths in the release
+PROCESS_SAMPLES = {"WEB_PORT": "", "STATIC_PATH": "static", "MEDIA_PATH": "media"}
 ENVIRON = {"DB_PASSWORD": "hunter2"}
 
 # A value each kind of check refuses; Text, LocalPath and a pattern-less Items accept any text
@@ -52,7 +56,7 @@ def root(tmp_path, git_repo):
 def _valid(mode: str) -> dict[str, str]:
     """Every key set explicitly (the process keys too: containers accept them and ignore them)."""
     raw = {name: SAMPLES.get(name, key.default) for name, key in keys.BY_NAME.items()}
-    return dict(raw, MODE=mode, IMAGE_WEB="ghcr.io/acme/shop-web")
+    return dict(raw, **(PROCESS_SAMPLES if mode == "processes" else {}), MODE=mode, IMAGE_WEB="ghcr.io/acme/shop-web")
 
 
 # --- the README ----------------------------------------------------------------------------------
@@ -134,7 +138,7 @@ def test_a_key_not_defined_is_unknown(root):
 CHECKED = [key for key in keys.KEYS if not _accepts_anything(key.check)]
 
 
-@pytest.mark.parametrize("key", CHECKED, ids=_name)
+@pytest.mark.parametrize("key", [pytest.param(key, id=_name(key)) for key in CHECKED])
 def test_each_check_rejects_a_bad_value_naming_the_key(root, key):
     name, bad = _name(key), BAD[type(key.check)]
     own: list[str] = []

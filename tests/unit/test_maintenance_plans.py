@@ -77,7 +77,7 @@ def test_status_probe(local_config):
 def test_maintenance_probe_addresses_the_apps_server_like_verify(local_config):
     config = dataclasses.replace(local_config, server_name="*.shop.example.com shop.example.com www.shop.example.com")
     probe = maintenance.public_status_probe(config)
-    verify = traffic.verify(config, SHA_NEW).actions[0].argv
+    verify = traffic.verify(config, SHA_NEW, "green").actions[0].argv
     assert probe[probe.index("-H") + 1] == verify[verify.index("-H") + 1] == "Host: shop.example.com"
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import yaml
-from conftest import container_deploy, GOOD_ENV, make_root
+from conftest import container_deploy, GOOD_ENV, REPO, make_root
 from dotenv import dotenv_values
 
 from deploytasks import nginx
@@ -26,7 +26,23 @@ class Reset(list):
     pass
 
 
+class Override(list):
+    pass
+
+
 _Loader.add_constructor("!reset", lambda loader, node: Reset(loader.construct_sequence(node)))
+_Loader.add_constructor("!override", lambda loader, node: Override(loader.construct_sequence(node)))
+
+
+def _local(local_raw, **changes):
+    """envs/local.env with keys changed, parsed (and so checked) as a deploy would."""
+    return configuration.parse(REPO, "local", dict(local_raw, **changes), {})
+
+
+@pytest.fixture
+def relayed_config(local_raw):
+    """The local environment with its web service on a TCP port (WEB_PORT)."""
+    return _local(local_raw, WEB_PORT="8000", WEB_HOST_PORTS="21000,21001")
 
 
 def _overlay(config, colour="green", sha=SHA, release_dir="/srv/example/releases/r1"):
@@ -87,6 +103,122 @@ def test_site_without_allowlist(local_config):
     assert re.search(r"geo \$example_maintenance_allow \{\n    default 0;\n\n\}", site)
 
 
+_RELAY_SERVER = re.compile(
+    r"^server \{\n    listen unix:(?P<socket>\S+);\n(?P<body>.*?)^\}$", re.M | re.S)
+
+
+def test_a_relayed_site_relays_each_colour_socket_to_its_port(relayed_config):
+    site = nginx.site(relayed_config)
+    assert "{{" not in site and "}}" not in site
+    relays = [(m["socket"], re.search(r"proxy_pass (\S+);", m["body"])[1],
+               re.search(r"add_header X-Deploy-Colour (\S+) always;", m["body"])[1])
+              for m in _RELAY_SERVER.finditer(site)]
+    assert relays == [("/srv/example/run/blue/web.relay.sock", "http://127.0.0.1:21000", "blue"),
+                      ("/srv/example/run/green/web.relay.sock", "http://127.0.0.1:21001", "green")]
+    for m in _RELAY_SERVER.finditer(site):  # what the site set is passed on as it came; WebSockets too
+        for line in ("proxy_http_version 1.1;", "proxy_set_header Host $http_host;",
+                     "proxy_set_header X-Forwarded-For $http_x_forwarded_for;",
+                     "proxy_set_header Upgrade $http_upgrade;", "proxy_set_header Connection $http_connection;"):
+            assert f"        {line}\n" in m["body"], line
+    # the public server still reaches the live colour through the one live link, now to a relay
+    assert site.count("server unix:/srv/example/run/web.sock max_fails=0") == 2
+    assert site.index("listen unix:/srv/example/run/green/web.relay.sock") < site.index("listen 8080")
+    assert nginx.relays(relayed_config) in site and nginx.COLOUR_HEADER == "X-Deploy-Colour"
+
+
+def test_a_site_without_web_port_has_no_relay(local_config):
+    site = nginx.site(local_config)
+    assert nginx.relays(local_config) == "" and "listen unix:" not in site and "X-Deploy-Colour" not in site
+
+
+def test_the_site_proxies_http_1_1_and_passes_websocket_upgrades(local_config):
+    site = nginx.site(local_config)
+    assert "map $http_upgrade $example_connection {\n    default upgrade;\n    ''      close;\n}" in site
+    server = site[site.index("server {\n    listen 8080"):]
+    for line in ("proxy_http_version 1.1;", "proxy_set_header Upgrade $http_upgrade;",
+                 "proxy_set_header Connection $example_connection;"):
+        assert f"\n    {line}\n" in server, line
+
+
+def _check_locations(site: str) -> list[str]:
+    return re.findall(r"^    location = (\S*) \{ proxy_pass http://example_web; \}$", site, re.M)
+
+
+def test_check_locations_one_per_distinct_path(local_config):
+    assert _check_locations(nginx.site(local_config)) == ["/healthz", "/readyz", "/version"]
+    # READY_PATH defaults to HEALTH_PATH, VERSION_PATH to nothing: one location, never an empty one
+    defaults = dataclasses.replace(local_config, ready_path=local_config.health_path, version_path="")
+    assert _check_locations(nginx.site(defaults)) == ["/healthz"]
+    shared = dataclasses.replace(local_config, health_path="/up", ready_path="/up", version_path="/v")
+    assert _check_locations(nginx.site(shared)) == ["/up", "/v"]
+
+
+def test_static_files_and_uploads_are_served_by_nginx(local_raw):
+    config = _local(local_raw, STATIC_URL="/assets.v2/", STATIC_PATH="/app/static", MEDIA_URL="/media/",
+                    MEDIA_PATH="/app/media")
+    expected = (
+        "    location ~ ^/assets\\.v2/(?<example_asset>.*)$ {\n"
+        "        root /srv/example/run/static;\n"
+        "        try_files /live/$example_asset /previous/$example_asset =404;\n"
+        "    }\n"
+        "    location ^~ /media/ {\n"
+        "        alias /srv/example/shared/media/;\n"
+        "    }")
+    assert nginx.files(config) == expected and expected in nginx.site(config)
+    # before the catch-all location, inside the public server
+    site = nginx.site(config)
+    assert site.index("listen 8080") < site.index("location ^~ /media/") < site.index("location / {")
+    only_media = dataclasses.replace(config, static_url="", static_path="")
+    assert nginx.files(only_media) == "    location ^~ /media/ {\n        alias /srv/example/shared/media/;\n    }"
+
+
+def test_no_files_locations_without_static_or_media(local_config):
+    assert nginx.files(local_config) == "" and "location ~" not in nginx.site(local_config)
+
+
+def _own_template(tmp_path, text: str):
+    (tmp_path / "nginx").mkdir(exist_ok=True)
+    (tmp_path / "nginx" / "site.conf.template").write_text(text)
+    return configuration.template(tmp_path, "site")
+
+
+def test_template_problems_flags_an_own_template_without_relays(tmp_path, local_config, relayed_config):
+    packaged = local_config.site_template.read_text()
+    assert nginx.template_problems(relayed_config) == [], "the packaged template has every placeholder"
+    path = _own_template(tmp_path, packaged.replace("{{relays}}", ""))
+    assert nginx.template_problems(dataclasses.replace(relayed_config, site_template=path)) == [
+        f"{path}: lacks {{{{relays}}}}, needed for this configuration (see the packaged site.conf.template)"]
+    assert nginx.template_problems(dataclasses.replace(local_config, site_template=path)) == [], \
+        "without WEB_PORT the template needs no relays"
+
+
+def test_template_problems_flags_files_unknown_names_and_old_check_paths(tmp_path, local_config):
+    packaged = local_config.site_template.read_text()
+    path = _own_template(tmp_path, packaged.replace("{{files}}", "{{fils}}"))
+    config = dataclasses.replace(local_config, site_template=path, static_url="/static/", static_path="/app/static")
+    assert nginx.template_problems(config) == [
+        f"{path}: unknown placeholder(s) fils",
+        f"{path}: lacks {{{{files}}}}, needed for this configuration (see the packaged site.conf.template)"]
+    # a template written before check_locations: right for three paths, a duplicate location for fewer
+    old = packaged.replace("{{check_locations}}", "    location = {{health_path}} { proxy_pass http://{{var}}_web; }\n"
+                           "    location = {{ready_path}} { proxy_pass http://{{var}}_web; }\n"
+                           "    location = {{version_path}} { proxy_pass http://{{var}}_web; }")
+    path = _own_template(tmp_path, old)
+    assert nginx.template_problems(dataclasses.replace(local_config, site_template=path)) == []
+    assert nginx.template_problems(dataclasses.replace(local_config, site_template=path, version_path="")) == [
+        f"{path}: lacks {{{{check_locations}}}}, needed for this configuration (see the packaged site.conf.template)"]
+
+
+def test_config_reports_what_an_own_template_lacks(tmp_path):
+    root = make_root(tmp_path, {"t": GOOD_ENV + "WEB_PORT=8000\n"})
+    packaged = (configuration.PACKAGED_TEMPLATES / configuration.TEMPLATES["site"]).read_text()
+    path = _own_template(root, packaged.replace("{{relays}}", ""))
+    with pytest.raises(configuration.ConfigError) as caught:
+        configuration.load(root, "t", environ={})
+    assert caught.value.details == [
+        f"{path}: lacks {{{{relays}}}}, needed for this configuration (see the packaged site.conf.template)"]
+
+
 def test_install_step_validates_before_reload(local_config):
     step = nginx.install_step(local_config, "/srv/example/releases/r1/nginx/site.conf")
     mkdir, rendered, install = step.actions
@@ -128,6 +260,69 @@ def test_overlay_resets_published_ports(local_config):
     text, doc = _overlay(local_config)
     assert "ports: !reset []" in text
     assert isinstance(doc["services"]["web"]["ports"], Reset) and doc["services"]["web"]["ports"] == []
+
+
+def test_a_relayed_web_service_publishes_its_colour_port_on_loopback(relayed_config):
+    published = {}
+    for colour in ("blue", "green"):
+        text, doc = _overlay(relayed_config, colour)
+        web = doc["services"]["web"]
+        # instead of the team's ports, not merged with them: each colour on its own loopback port
+        assert isinstance(web["ports"], Override) and "ports: !override" in text and "!reset" not in text
+        published[colour] = web["ports"]
+        assert web["environment"]["GUNICORN_CMD_ARGS"] == "--bind=0.0.0.0:8000 --graceful-timeout=10"
+        assert web["volumes"] == [f"/srv/example/run/{colour}:/run/deploytasks"]
+    assert published == {"blue": ["127.0.0.1:21000:8000"], "green": ["127.0.0.1:21001:8000"]}
+
+
+def test_the_unix_socket_web_service_keeps_its_bind_and_resets_ports(local_config):
+    text, doc = _overlay(local_config, "blue")
+    assert "!override" not in text and isinstance(doc["services"]["web"]["ports"], Reset)
+    assert doc["services"]["web"]["environment"]["GUNICORN_CMD_ARGS"].startswith("--bind=unix:/run/deploytasks/web.sock ")
+
+
+def test_uploads_are_mounted_from_the_shared_media_directory(local_raw):
+    config = _local(local_raw, MEDIA_URL="/media/", MEDIA_PATH="/app/media/")
+    for colour in ("blue", "green"):
+        _, doc = _overlay(config, colour)
+        assert doc["services"]["web"]["volumes"] == [f"/srv/example/run/{colour}:/run/deploytasks",
+                                                     "/srv/example/shared/media:/app/media"]
+    _, doc = _overlay(_local(local_raw, STATIC_URL="/static/", STATIC_PATH="/app/static"))
+    assert doc["services"]["web"]["volumes"] == ["/srv/example/run/green:/run/deploytasks"], "static files: copied"
+
+
+COMPOSE_STATIC_VOLUME = """\
+services:
+  web:
+    image: x
+    volumes:
+      - static:/app/static/
+      - /srv/data:/data
+      - {type: bind, source: /etc/shop, target: /etc/app}
+  db:
+    image: redis
+volumes:
+  static:
+"""
+
+
+@pytest.mark.parametrize("static_path", ["/app/static", "/app/static/"])
+def test_a_team_volume_at_static_path_is_left_out_of_each_colour(tmp_path, static_path):
+    """Each colour serves the static files of its own image: a volume both would share is dropped
+    (the overlay's list replaces the team's), the team's other volumes kept."""
+    env = GOOD_ENV + f"STATIC_URL=/static/\nSTATIC_PATH={static_path}\n"
+    config = configuration.load(make_root(tmp_path, {"t": env}, compose=COMPOSE_STATIC_VOLUME), "t", environ={})
+    text, doc = _overlay(config, "blue", release_dir="/srv/shop/releases/r1")
+    volumes = doc["services"]["web"]["volumes"]
+    assert isinstance(volumes, Override) and "volumes: !override" in text
+    assert volumes == ["/srv/data:/data", {"type": "bind", "source": "/etc/shop", "target": "/etc/app"},
+                       "/srv/shop/run/blue:/run/deploytasks"]
+
+
+def test_team_volumes_are_merged_as_compose_does_without_static_url(tmp_path):
+    config = configuration.load(make_root(tmp_path, {"t": GOOD_ENV}, compose=COMPOSE_STATIC_VOLUME), "t", environ={})
+    text, doc = _overlay(config, "blue", release_dir="/srv/shop/releases/r1")
+    assert "!override" not in text and doc["services"]["web"]["volumes"] == ["/srv/shop/run/blue:/run/deploytasks"]
 
 
 def test_overlay_shares_network_and_volumes(local_config):

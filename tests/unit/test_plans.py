@@ -8,7 +8,7 @@ import pytest
 from conftest import container_deploy, container_rollback, REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, links, step_named as _step, step_names as _names
 
 from deploytasks import config as configuration
-from deploytasks import facts, releases
+from deploytasks import facts, releases, traffic
 from deploytasks.errors import DeployError
 from deploytasks.facts import HostState
 from deploytasks.layout import Layout
@@ -97,12 +97,16 @@ def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_
 
     drain = _step(plan, "drain blue")
     assert drain.best_effort
-    assert isinstance(drain.actions[0], Wait)
-    stop = drain.actions[1].argv
+    settle, connections, stop = drain.actions
+    assert isinstance(settle, Wait)
     old = f"{ROOT}/releases/{REL_OLD}"
-    assert stop == ("docker", "compose", "-p", "example-blue", "--env-file", f"{old}/compose.env",
-                    "-f", f"{old}/compose/compose.yml", "-f", f"{old}/compose.deploy.yml",
-                    "stop", "-t", "15", "web")
+    blue = ("docker", "compose", "-p", "example-blue", "--env-file", f"{old}/compose.env",
+            "-f", f"{old}/compose/compose.yml", "-f", f"{old}/compose.deploy.yml")
+    # until blue's connections end (asked in its web container's network namespace) or DRAIN_TIMEOUT passes
+    script, _, _, limit, *netns = connections.argv[2:]
+    assert script == traffic._DRAIN and limit == "10"
+    assert tuple(netns) == sh('docker inspect -f "{{.State.Pid}}" "$("$@")"', *blue, "ps", "-q", "web")
+    assert stop.argv == (*blue, "stop", "-t", "15", "web")
 
 
 def test_deploy_commands_target_the_new_colour_and_release(local_config, blue_live_state):
@@ -308,8 +312,8 @@ def test_rollback_starts_the_other_colour_without_recreate_pull_or_migrate(local
     assert links(switch.actions)[1] == ("blue/web.sock", f"{ROOT}/run/web.sock")
     assert links(switch.undo)[:2] == [("green/web.sock", f"{ROOT}/run/web.sock"),
                                       (f"../releases/{REL_OLD}", f"{ROOT}/state/blue")]
-    drain = _step(plan, "drain green").actions[1].argv
-    assert drain[:4] == ("docker", "compose", "-p", "example-green") and f"{ROOT}/releases/{REL_NEW}/compose.env" in drain
+    drain = _step(plan, "drain green").actions[-1].argv
+    assert drain[:4] == ("docker", "compose", "-p", "example-green") and "stop" in drain and f"{ROOT}/releases/{REL_NEW}/compose.env" in drain
 
 
 # --- releases -------------------------------------------------------------------------------
@@ -422,3 +426,92 @@ def test_a_changed_web_service_keeps_the_live_colour_and_installs_the_site_after
     assert plan.summary["colour"] == "blue"
     assert names.index("nginx site") == names.index("switch to blue") + 1
     assert "drain green" in names
+
+
+# --- static files, uploads and relayed apps ---------------------------------------------------------
+
+def _local(local_raw, **changes):
+    return configuration.parse(REPO, "local", dict(local_raw, **changes), {})
+
+
+STATIC = {"STATIC_URL": "/static/", "STATIC_PATH": "/app/static/"}
+MEDIA = {"MEDIA_URL": "/media/", "MEDIA_PATH": "/app/media"}
+
+
+def test_the_static_files_are_copied_out_of_the_new_colour_between_ready_and_switch(local_raw, blue_live_state):
+    plan = container_deploy(_local(local_raw, **STATIC), blue_live_state, SHA_NEW, REL_NEW)
+    names = _names(plan)
+    assert names[names.index("ready: green"):names.index("switch to green") + 1] == [
+        "ready: green", "static files", "switch to green"]
+    assets = _step(plan, "static files")
+    new = f"{ROOT}/releases/{REL_NEW}"
+    green = ("docker", "compose", "-p", "example-green", "--env-file", f"{new}/compose.env",
+             "-f", f"{new}/compose/compose.yml", "-f", f"{new}/compose.deploy.yml")
+    assert assets.phase == "assets" and not assets.undo
+    # collected at build or at start alike: taken from the running web container, into the release
+    assert [a.argv for a in assets.actions] == [("rm", "-rf", f"{new}/.static"),
+                                                (*green, "cp", "web:/app/static/.", f"{new}/.static")]
+    assert "uploads directory" not in names
+
+
+def test_a_first_deploy_and_a_window_deploy_copy_the_static_files_before_their_switch(local_raw, first_state,
+                                                                                       blue_live_state):
+    config = _local(local_raw, **STATIC)
+    names = _names(container_deploy(config, first_state, SHA_NEW, REL_NEW))
+    assert names.index("ready: blue") + 1 == names.index("static files") == names.index("switch to blue") - 1
+    names = _names(container_deploy(config, blue_live_state, SHA_NEW, REL_NEW, window=True))
+    assert names.index("ready: green") + 1 == names.index("static files") == names.index("switch to green") - 1
+
+
+def test_uploads_get_their_directory_and_the_web_containers_user(local_raw, blue_live_state):
+    from deploytasks.backends.containers import _OWN_MEDIA, ContainerColour
+
+    config = _local(local_raw, **MEDIA)
+    plan = container_deploy(config, blue_live_state, SHA_NEW, REL_NEW)
+    assert _step(plan, "uploads directory").actions == (cmd("mkdir", "-p", f"{ROOT}/shared/media"),)
+    (own,) = _step(plan, "static files").actions  # no static files: only the uploads' owner
+    web_pid = ContainerColour(config, "green", REL_NEW)._web_pid()
+    assert web_pid[:3] == ("sh", "-c", 'docker inspect -f "{{.State.Pid}}" "$("$@")"') and web_pid[-3:] == (
+        "ps", "-q", "web") and "example-green" in web_pid
+    assert own.argv == sh(_OWN_MEDIA, f"{ROOT}/shared/media", *web_pid)
+
+
+def test_no_static_files_step_without_static_or_media(local_config, blue_live_state, green_live_state):
+    for plan in (container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW),
+                 container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, window=True)):
+        assert "static files" not in _names(plan) and not any(s.phase == "assets" for s in plan.steps)
+
+
+def test_a_rollback_serves_the_static_files_its_release_kept(local_raw, green_live_state):
+    plan = container_rollback(_local(local_raw, **STATIC), green_live_state)
+    assert _names(plan) == ["start blue", "ready: blue", "switch to blue", "check through nginx", "drain green"]
+    assert (f"../../releases/{REL_OLD}/.static", f"{ROOT}/run/static/live") in links(_step(plan, "switch to blue").actions)
+
+
+def test_a_relayed_colour_starts_fresh_without_touching_nginx_relay_socket(local_raw, blue_live_state):
+    plan = container_deploy(_local(local_raw, WEB_PORT="8000"), blue_live_state, SHA_NEW, REL_NEW)
+    assert _step(plan, "start green").actions[0].argv == ("rm", "-f", f"{ROOT}/run/green/web.sock")
+    ready = _step(plan, "ready: green").actions[0]
+    assert ready.argv[ready.argv.index("--unix-socket") + 1] == f"{ROOT}/run/green/web.relay.sock"
+    assert links(_step(plan, "switch to green").actions)[1] == ("green/web.relay.sock", f"{ROOT}/run/web.sock")
+
+
+@pytest.mark.parametrize("changes", [
+    STATIC,
+    {"WEB_PORT": "8000"},
+    MEDIA,
+], ids=["static", "relayed", "media"])
+def test_phases_stay_in_their_fixed_order_with_files_and_relays(local_raw, blue_live_state, changes):
+    from deploytasks import phases
+
+    plan = container_deploy(_local(local_raw, **changes), blue_live_state, SHA_NEW, REL_NEW)
+    ids = [step.phase for step in plan.steps]
+    assert ids == [p for p in phases.ALL if p in ids]
+
+
+def test_a_first_relayed_deploy_installs_its_site_before_the_readiness_gate(local_raw, first_state):
+    """The gate asks the colour's relay socket, which nginx listens on only once the site is in."""
+    plan = container_deploy(_local(local_raw, WEB_PORT="8000"), first_state, SHA_NEW, REL_NEW)
+    names, ready = _names(plan), _step(plan, "ready: blue").actions[0]
+    assert f"{ROOT}/run/blue/web.relay.sock" in ready.argv
+    assert names.index("nginx site") < names.index("start blue") < names.index("ready: blue")

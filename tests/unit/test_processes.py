@@ -132,11 +132,13 @@ def test_processes_mode_parses_with_defaults(proc_root, process_repo):
     assert c.mode == "processes"
     assert c.processes == ProcessConfig(
         source_repo=process_repo[0], source_path="", app_module="app:app", workers=4, python="python3",
-        requirements="requirements.txt", build_command=(), build_inputs=(), build_output="", shared_paths=(),
-        supervisor="auto", timeout_dependencies=900, timeout_build=1800)
+        requirements="requirements.txt", start_command=(), listen="socket", build_command=(), build_inputs=(),
+        build_output="", shared_paths=(), supervisor="auto", timeout_dependencies=900, timeout_build=1800)
     # no STATELESS_SERVICES and no images needed: each colour's gunicorn is the one web "service"
     assert c.stateless == ("web",) and c.web_service == "web" and c.stateful == () and c.images == {}
-    assert Layout.of(c).socket("blue") == "/srv/shop/run/blue/web.sock"
+    # gunicorn listens on the colour's socket itself: nginx connects to the app's own socket
+    assert not c.relayed
+    assert Layout.of(c).socket("blue") == Layout.of(c).app_socket("blue") == "/srv/shop/run/blue/web.sock"
 
 
 def test_processes_mode_reads_every_key(proc_root):
@@ -354,9 +356,13 @@ def test_second_deploy_starts_green_and_drains_blue(process_config, blue_live_st
                             "migrate", "start green", "ready: green", "switch to green", "check through nginx",
                             "drain blue", "cleanup (0 old release(s))"]
     drain = _step(plan, "drain blue")
-    assert drain.best_effort and isinstance(drain.actions[0], Wait)
-    assert _script(drain.actions[1])[0] == processes._STOP
-    assert _named(drain.actions[1]) == {"pidfile": f"{ROOT}/run/blue/gunicorn.pid", "timeout": "15", "rest": ()}
+    settle, connections, stop = drain.actions
+    assert drain.best_effort and isinstance(settle, Wait)
+    # blue's connections end (asked on this host: gunicorn's socket is here) or DRAIN_TIMEOUT passes, then it stops
+    assert connections.argv == sh(traffic._DRAIN, f"{ROOT}/run/blue/web.sock", "10")
+    assert _script(stop)[0] == processes._STOP
+    assert _named(stop) == {"pidfile": f"{ROOT}/run/blue/gunicorn.pid", "timeout": "15",
+                            "releases": f"{ROOT}/releases", "rest": ()}
     switch = _step(plan, "switch to green")
     assert switch == traffic.switch(process_config, blue_live_state, "green", REL_NEW), "the same switch as containers"
     pointed = links(switch.actions)
@@ -466,7 +472,8 @@ def test_start_in_pidfile_mode_stops_a_stale_gunicorn_first(process_config, firs
     put, stop, rm, run = start.actions
     assert put.path == f"{ROOT}/run/blue/start.sh" and put.mode == 0o755
     assert _script(stop)[0] == processes._STOP
-    assert _named(stop) == {"pidfile": f"{ROOT}/run/blue/gunicorn.pid", "timeout": "15", "rest": ()}
+    assert _named(stop) == {"pidfile": f"{ROOT}/run/blue/gunicorn.pid", "timeout": "15",
+                            "releases": f"{ROOT}/releases", "rest": ()}
     assert rm.argv == ("rm", "-f", f"{ROOT}/run/blue/web.sock")
     assert run.argv == ("sh", f"{ROOT}/run/blue/start.sh", "--daemon")
     assert start.undo == (stop,)
@@ -494,7 +501,7 @@ def test_start_under_systemd(process_config, blue_live_state, systemd, superviso
     (undo,) = start.undo
     assert undo.argv[0] == "systemctl" and undo.argv[-1] == "example-proc@green.service"
     assert "stop" in undo.argv or "--now" in undo.argv
-    stop_blue = _step(plan, "drain blue").actions[1]
+    stop_blue = _step(plan, "drain blue").actions[-1]
     assert stop_blue.argv == tuple(a.replace("green", "blue") for a in undo.argv)
     assert not any(processes._STOP in argv for argv in _argvs(plan))
     assert not any("--daemon" in argv for argv in _argvs(plan))
@@ -513,7 +520,9 @@ def test_start_script_runs_gunicorn_from_the_release_on_the_colour_socket(proces
     lines = text.splitlines()
     assert lines[0] == "#!/bin/sh" and not any(line.startswith("cd ") for line in lines)
     assert "current" not in text, "a colour never runs through `current`"
-    assert f"export DEPLOY_COLOUR=green APP_SOCKET={ROOT}/run/green/web.sock" in lines
+    port = process_config.port("green")
+    assert port == process_config.web_host_ports[1]
+    assert f"export DEPLOY_COLOUR=green APP_SOCKET={ROOT}/run/green/web.sock PORT={port} HOST=127.0.0.1" in lines
     exec_line = shlex.split(lines[-1])
     assert exec_line == [
         "exec", f"{new}/.deploytasks/run", "gunicorn",
@@ -527,7 +536,7 @@ def test_unit_file(process_config):
     text = processes.unit_file(process_config)
     assert text.splitlines() == [
         "[Unit]",
-        "Description=example-proc (%i colour), gunicorn managed by deploytasks",
+        "Description=example-proc (%i colour), app server managed by deploytasks",
         "After=network.target",
         "",
         "[Service]",
@@ -555,7 +564,7 @@ def test_rollback_starts_the_other_colour_from_its_release(process_config, green
     switch = _step(plan, "switch to blue")
     assert switch == traffic.switch(process_config, green_live_state, "blue", REL_OLD)
     assert (f"../releases/{REL_OLD}", f"{ROOT}/state/blue") in links(switch.actions)
-    assert _named(_step(plan, "drain green").actions[1])["pidfile"] == f"{ROOT}/run/green/gunicorn.pid"
+    assert _named(_step(plan, "drain green").actions[-1])["pidfile"] == f"{ROOT}/run/green/gunicorn.pid"
     every = "\n".join(" ".join(argv) for argv in _argvs(plan))
     for absent in (processes._DEPENDENCIES, processes._BUILD, "migrate", processes._BACKUP, processes._UNUSED_VENVS):
         assert absent not in every
@@ -800,10 +809,13 @@ def test_build_reuse_of_a_nested_output_fails_or_copies(tmp_path, process_config
 
 class _Process:
     """A process that is not our shell's child's zombie: reaped by a thread as soon as it dies.
-    `name`: its argv[0] (what /proc/PID/cmdline shows), e.g. gunicorn's own process title."""
+    `name`: its argv[0] (what /proc/PID/cmdline shows), e.g. gunicorn's own process title;
+    `cwd`: its working directory (created), what the stop script recognises our servers by."""
 
-    def __init__(self, argv, name=None):
-        self.proc = subprocess.Popen([name or argv[0], *argv[1:]], executable=shutil.which(argv[0]),
+    def __init__(self, argv, name=None, cwd=None):
+        if cwd is not None:
+            Path(cwd).mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([name or argv[0], *argv[1:]], executable=shutil.which(argv[0]), cwd=cwd,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.reaper = threading.Thread(target=self.proc.wait, daemon=True)
         self.reaper.start()
@@ -821,36 +833,44 @@ class _Process:
 def spawn():
     started = []
 
-    def start(argv, name=None):
-        started.append(_Process(argv, name))
+    def start(argv, name=None, cwd=None):
+        started.append(_Process(argv, name, cwd))
         return started[-1]
     yield start
     for process in started:
         process.kill()
 
 
-def _stop(pidfile: Path, timeout: str):
-    return _run(_call(processes._STOP, pidfile=pidfile, timeout=timeout), env={"PATH": "/usr/bin:/bin"}, timeout=20)
+def _stop(pidfile: Path, timeout: str, releases: Path):
+    return _run(_call(processes._STOP, pidfile=pidfile, timeout=timeout, releases=releases),
+                env={"PATH": "/usr/bin:/bin"}, timeout=20)
 
 
 @linux_sh
 def test_stop_without_a_pid_file_or_with_a_dead_pid(tmp_path):
-    pidfile = tmp_path / "gunicorn.pid"
-    assert _stop(pidfile, "15").returncode == 0
+    pidfile, releases = tmp_path / "gunicorn.pid", tmp_path / "srv" / "releases"
+    assert _stop(pidfile, "15", releases).returncode == 0
     dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
     pidfile.write_text(dead + "\n")
-    out = _stop(pidfile, "15")
+    out = _stop(pidfile, "15", releases)
     assert out.returncode == 0 and out.stdout == "" and not pidfile.exists()
 
 
 @linux_sh
 @pytest.mark.skipif(not shutil.which("sleep"), reason="needs sleep")
-def test_stop_leaves_alone_a_live_process_that_is_not_gunicorn(tmp_path, spawn):
-    """A pid file that outlived its gunicorn (a reboot) may name someone else's process now."""
-    other = spawn(["sleep", "30"])
+@pytest.mark.parametrize("where, name", [
+    ("elsewhere", None),
+    ("elsewhere", "gunicorn: master [app:app]"),  # its name does not make it ours
+    ("srv/releases-old/r1", None),  # beside the releases directory, not in it
+    ("srv", None),
+])
+def test_stop_leaves_alone_a_live_process_outside_the_releases(tmp_path, spawn, where, name):
+    """A pid file that outlived its server (a reboot) may name someone else's process now: ours
+    run in a release (gunicorn --chdir, the env wrapper's cd), so one elsewhere is not ours."""
+    other = spawn(["sleep", "30"], name=name, cwd=tmp_path / where)
     pidfile = tmp_path / "gunicorn.pid"
     pidfile.write_text(f"{other.proc.pid}\n")
-    out = _stop(pidfile, "0")
+    out = _stop(pidfile, "0", tmp_path / "srv" / "releases")
     assert out.returncode == 0 and out.stdout == ""
     assert other.alive() and not pidfile.exists()
 
@@ -870,14 +890,16 @@ def test_stop_terminates_gracefully_and_kills_what_ignores_sigterm(tmp_path, pro
     """Two stops at once (each waits in 0.1 s steps): the plan's own stop of a gunicorn that exits on
     SIGTERM, and a stop with timeout 0 of one that ignores SIGTERM."""
     config = dataclasses.replace(process_config, deploy_path=str(tmp_path / "srv"))
-    stop = processes.Gunicorn(config, HostState(), "blue", REL_OLD).stop()
-    graceful_pid = tmp_path / "srv" / "run" / "blue" / "gunicorn.pid"
-    assert _named(stop) == {"pidfile": str(graceful_pid), "timeout": "15", "rest": ()}
+    stop = processes.AppServer(config, HostState(), "blue", REL_OLD).stop()
+    graceful_pid, releases = tmp_path / "srv" / "run" / "blue" / "gunicorn.pid", tmp_path / "srv" / "releases"
+    assert _named(stop) == {"pidfile": str(graceful_pid), "timeout": "15", "releases": str(releases), "rest": ()}
     graceful_pid.parent.mkdir(parents=True)
-    graceful = spawn(["sleep", "30"], name="gunicorn: master [app:app]")
+    # any server running in a release is ours (START_COMMAND's too), whatever it is called
+    graceful = spawn(["sleep", "30"], name="node server.js", cwd=releases / REL_OLD)
     graceful_pid.write_text(f"{graceful.proc.pid}\n")
     # a shell that ignores SIGTERM (its short sleeps end by themselves once it is gone)
-    stubborn = spawn(["sh", "-c", 'trap "" TERM; while :; do sleep 0.05; done'], name="/venv/bin/gunicorn")
+    stubborn = spawn(["sh", "-c", 'trap "" TERM; while :; do sleep 0.05; done'], name="/venv/bin/gunicorn",
+                     cwd=releases / REL_NEW / "app")
     deadline = time.monotonic() + 5
     while not _ignores_sigterm(stubborn.proc.pid):
         assert time.monotonic() < deadline, "the shell never ignored SIGTERM"
@@ -888,7 +910,7 @@ def test_stop_terminates_gracefully_and_kills_what_ignores_sigterm(tmp_path, pro
     env = {"PATH": "/usr/bin:/bin"}
     started = time.monotonic()
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            for argv in (stop.argv, _call(processes._STOP, pidfile=stubborn_pid, timeout="0"))]
+            for argv in (stop.argv, _call(processes._STOP, pidfile=stubborn_pid, timeout="0", releases=releases))]
     (graceful_out, graceful_err), (stubborn_out, stubborn_err) = (run.communicate(timeout=20) for run in runs)
     assert [run.returncode for run in runs] == [0, 0], (graceful_err, stubborn_err)
     assert time.monotonic() - started < 5
@@ -896,7 +918,7 @@ def test_stop_terminates_gracefully_and_kills_what_ignores_sigterm(tmp_path, pro
     assert graceful.proc.returncode == -signal.SIGTERM, "a graceful SIGTERM, not a SIGKILL"
     assert "SIGKILL" not in graceful_out and not graceful_pid.exists()
     assert stubborn.proc.returncode == -signal.SIGKILL
-    assert f"gunicorn {stubborn.proc.pid} still running after 0s: SIGKILL" in stubborn_out
+    assert f"app server {stubborn.proc.pid} still running after 0s: SIGKILL" in stubborn_out
     assert not stubborn_pid.exists()
 
 
@@ -1016,7 +1038,8 @@ def test_four_deploys_run_locally_with_fast_reuse_and_cleanup(tmp_path, process_
     log, python_log = tmp_path / "build.log", tmp_path / "python.log"
     config = dataclasses.replace(
         _with(process_config, python=str(fake_python)), deploy_path=str(root), keep_releases=2,
-        nginx_site_dir=str(tmp_path / "conf.d"), app_env={"BUILD_LOG": str(log), **HOSTILE})
+        nginx_site_dir=str(tmp_path / "conf.d"), app_env={"BUILD_LOG": str(log), **HOSTILE},
+        static_url="/static/", static_path="static", media_url="/media/", media_path="media")
     env = {"PATH": "/usr/bin:/bin", "FAKE_LOG": str(python_log)}
     state = HostState()
     names = []
@@ -1038,6 +1061,9 @@ def test_four_deploys_run_locally_with_fast_reuse_and_cleanup(tmp_path, process_
     assert (r1 / "app.py").read_text() == "VERSION = 1\n" and not (r1 / ".source.tar").exists()
     assert not (r1 / "README.md").exists(), "only SOURCE_PATH is released"
     assert (r1 / "static" / "site.css").is_file() and os.readlink(r1 / "uploads") == f"{root}/shared/uploads"
+    # what nginx serves: the build's output through the release's .static, uploads from shared/media
+    assert (r1 / ".static" / "site.css").read_text() == (r1 / "static" / "site.css").read_text()
+    assert os.readlink(r1 / "media") == f"{root}/shared/media" and (root / "shared" / "media").is_dir()
     assert os.stat(r1 / "app.env").st_mode & 0o777 == 0o600
     assert os.readlink(r1 / ".venv").startswith(f"{root}/shared/venvs/")
     # the start step ran the fake gunicorn through start.sh and the env wrapper, from the release
@@ -1047,6 +1073,8 @@ def test_four_deploys_run_locally_with_fast_reuse_and_cleanup(tmp_path, process_
     gunicorn_env = _env_lines((r1 / ".gunicorn-env").read_text())
     assert {k: gunicorn_env.get(k) for k in HOSTILE} == HOSTILE
     assert gunicorn_env["DEPLOY_COLOUR"] == "blue" and gunicorn_env["DEPLOY_SHA"] == shas["v1"]
+    assert gunicorn_env["APP_SOCKET"] == f"{root}/run/blue/web.sock" and gunicorn_env["HOST"] == "127.0.0.1"
+    assert gunicorn_env["PORT"] == str(config.port("blue"))
     assert gunicorn_env["PWD"] == str(r1)
     assert not any(p.name.startswith("pwned") for p in r1.iterdir()), "app values are data, never run"
 
@@ -1105,3 +1133,170 @@ def test_the_script_reports_live_gunicorn_pids_only(tmp_path):
     state = facts.parse(out.stdout)
     assert state.processes == {"blue": os.getpid()}
     assert state.systemd == os.path.isdir("/run/systemd/system")
+
+
+# ============================================================================================
+# START_COMMAND, LISTEN=port, static files and uploads
+# ============================================================================================
+
+NODE = ("node", "server.js", "--title", "shop app")
+
+
+def test_start_command_runs_instead_of_gunicorn_through_the_release_wrapper(process_config, blue_live_state):
+    config = _with(process_config, start_command=NODE)
+    start = _start(process_deploy(config, blue_live_state, CODE, REL_NEW), "green")
+    put, stop, rm, daemon = start.actions
+    text, new = put.content.decode(), f"{ROOT}/releases/{REL_NEW}"
+    lines = text.splitlines()
+    assert "gunicorn " not in text
+    # where to listen, as the app reads it: $PORT on $HOST (LISTEN=port), or the socket $APP_SOCKET
+    assert lines[2] == (f"export DEPLOY_COLOUR=green APP_SOCKET={ROOT}/run/green/web.sock "
+                        f"PORT={config.port('green')} HOST=127.0.0.1")
+    assert shlex.split(lines[-1]) == ["exec", f"{new}/.deploytasks/run", *NODE]
+    # in the background without systemd: its own session, its pid in the pid file, its output in the log
+    assert _script(stop)[0] == processes._STOP and rm.argv == ("rm", "-f", f"{ROOT}/run/green/web.sock")
+    assert _script(daemon)[0] == processes._DAEMON
+    assert _named(daemon) == {"script": f"{ROOT}/run/green/start.sh", "pidfile": f"{ROOT}/run/green/gunicorn.pid",
+                              "log": f"{ROOT}/shared/logs/green.log", "rest": ()}
+    assert start.undo == (stop,)
+
+
+def test_start_command_under_systemd_runs_in_the_foreground(process_config, blue_live_state):
+    config = _with(process_config, start_command=NODE, supervisor="systemd")
+    plan = process_deploy(config, blue_live_state, CODE, REL_NEW)
+    start = _start(plan, "green")
+    assert start.actions[-1].argv == ("systemctl", "restart", "example-proc@green.service")
+    assert not any(processes._DAEMON in argv for argv in _argvs(plan))
+
+
+@linux_sh
+def test_the_start_script_execs_start_command_in_the_release_with_where_to_listen(tmp_path, process_config):
+    release = tmp_path / "srv" / "releases" / REL_NEW
+    config = _with(dataclasses.replace(process_config, deploy_path=str(tmp_path / "srv")),
+                   start_command=("sh", "-c", 'env > server.env; echo "$$" > server.pid'))
+    server = processes.AppServer(config, HostState(), "blue", REL_NEW)
+    (release / RELEASE_META).mkdir(parents=True)
+    (release / processes.APP_ENV).write_text(processes.app_env({"GREETING": "hello; reboot"}))
+    _executable(release / RELEASE_META / "run", processes.env_wrapper(config, str(release), SHA_NEW))
+    script = _executable(Path(server.script), server.start_script())
+    out = _run(["sh", "-c", 'sh "$1" & echo "$!"; wait', "sh", str(script)], env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert (release / "server.pid").read_text().strip() == out.stdout.strip(), "exec all the way: one pid"
+    env = _env_lines((release / "server.env").read_text())
+    assert env["PORT"] == str(config.port("blue")) and env["HOST"] == "127.0.0.1"
+    assert env["APP_SOCKET"] == f"{tmp_path}/srv/run/blue/web.sock" and env["DEPLOY_COLOUR"] == "blue"
+    assert env["DEPLOY_SHA"] == SHA_NEW and env["GREETING"] == "hello; reboot" and env["PWD"] == str(release)
+    assert env["PATH"].startswith(f"{release}/.venv/bin:")
+
+
+# Adopts what the daemon leaves behind (PR_SET_CHILD_SUBREAPER) and reaps it, as init would on a
+# host: a server that exits must not linger as a zombie for the stop script's `kill -0`.
+_REAPER = r"""
+import ctypes, os, subprocess, sys, threading, time
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:
+    sys.exit("no subreaper")
+subprocess.run(sys.argv[1:], check=True, timeout=10)
+
+def reap():
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            time.sleep(0.02)
+
+threading.Thread(target=reap, daemon=True).start()
+print("started", flush=True)
+sys.stdin.read()
+"""
+
+
+@linux_sh
+@pytest.mark.skipif(not shutil.which("setsid") or not shutil.which("sleep"), reason="needs setsid and sleep")
+def test_a_daemonized_start_command_is_what_the_pid_file_names_and_what_stop_stops(tmp_path, process_config):
+    root = tmp_path / "srv"
+    release = root / "releases" / REL_NEW
+    config = _with(dataclasses.replace(process_config, deploy_path=str(root)), start_command=("sleep", "30"))
+    server = processes.AppServer(config, HostState(), "blue", REL_NEW)
+    (release / RELEASE_META).mkdir(parents=True)
+    (release / processes.APP_ENV).write_text("")
+    _executable(release / RELEASE_META / "run", processes.env_wrapper(config, str(release), SHA_NEW))
+    _executable(Path(server.script), server.start_script())
+    Path(server.layout.logs).mkdir(parents=True)
+    stop, _, daemon = server.restart()
+    reaper = subprocess.Popen([sys.executable, "-c", _REAPER, *daemon.argv], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"})
+    pid = None
+    try:
+        assert reaper.stdout.readline() == "started\n", reaper.stderr.read()
+        pid = int(Path(server.pidfile).read_text())
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] != b"sleep":  # the wrapper's exec
+            assert time.monotonic() < deadline, Path(f"/proc/{pid}/cmdline").read_bytes()
+            time.sleep(0.02)
+        assert os.readlink(f"/proc/{pid}/cwd") == str(release), "it runs in its release: what stop recognises"
+        assert os.getsid(pid) == pid, "a session of its own: it outlives the SSH session that started it"
+        out = _run(stop.argv, env={"PATH": "/usr/bin:/bin"})
+        assert out.returncode == 0 and out.stdout == "", out.stderr
+        assert not Path(f"/proc/{pid}").exists() and not Path(server.pidfile).exists()
+    finally:
+        if pid and Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+        reaper.stdin.close()
+        reaper.wait(10)
+
+
+@pytest.fixture
+def port_config(proc_root):
+    return _load(proc_root(LISTEN="port", START_COMMAND="node server.js", WEB_HOST_PORTS="21000,21001"))
+
+
+def test_listen_on_a_port_makes_the_layout_relayed(port_config):
+    layout = Layout.of(port_config)
+    assert port_config.relayed and layout.relay
+    assert layout.socket("blue") == "/srv/shop/run/blue/web.relay.sock", "nginx's, relaying to the port"
+    assert layout.app_socket("blue") == "/srv/shop/run/blue/web.sock"
+    assert layout.live_target("green") == "green/web.relay.sock"
+
+
+def test_a_server_on_a_port_is_reached_through_its_colour_relay(port_config, blue_live_state):
+    plan = process_deploy(port_config, blue_live_state, CODE, REL_NEW)
+    script = _start(plan, "green").actions[0].content.decode()
+    assert "APP_SOCKET=/srv/shop/run/green/web.sock PORT=21001 HOST=127.0.0.1" in script
+    assert ("rm", "-f", "/srv/shop/run/green/web.sock") in _argvs(plan), "its own socket, never nginx's relay"
+    assert not any(a[:2] == ("rm", "-f") and a[-1].endswith(".relay.sock") for a in _argvs(plan))
+    ready = _step(plan, "ready: green").actions[0]
+    assert ready.argv[ready.argv.index("--unix-socket") + 1] == "/srv/shop/run/green/web.relay.sock"
+    assert ("green/web.relay.sock", "/srv/shop/run/web.sock") in links(_step(plan, "switch to green").actions)
+    site = next(a for a in _step(plan, "nginx site").actions if isinstance(a, Put)).content.decode()
+    assert "listen unix:/srv/shop/run/green/web.relay.sock;" in site and "proxy_pass http://127.0.0.1:21001;" in site
+    # blue's relay socket is on this host: drained here, no namespace
+    assert _step(plan, "drain blue").actions[1].argv == sh(traffic._DRAIN, "/srv/shop/run/blue/web.relay.sock", "30")
+
+
+def test_shared_links_add_the_uploads_and_the_static_files_link(process_config, first_state):
+    config = dataclasses.replace(process_config, static_url="/static/", static_path="static/", media_url="/media/",
+                                 media_path="var/media/")
+    plan = process_deploy(config, first_state, CODE, REL_NEW)
+    new = f"{ROOT}/releases/{REL_NEW}"
+    assert [a.argv for a in _step(plan, "shared links").actions] == [
+        ("mkdir", "-p", f"{ROOT}/shared/uploads"), ("rm", "-rf", f"{new}/uploads"),
+        ("ln", "-sfn", f"{ROOT}/shared/uploads", f"{new}/uploads"),
+        ("mkdir", "-p", f"{ROOT}/shared/media"), ("rm", "-rf", f"{new}/var/media"),
+        ("ln", "-sfn", f"{ROOT}/shared/media", f"{new}/var/media"),
+        ("ln", "-sfn", "static", f"{new}/.static"),  # relative: the release's own files, wherever it lies
+    ]
+    # linked when staged: nothing to copy between ready and switch
+    assert "static files" not in _names(plan) and not any(s.phase == "assets" for s in plan.steps)
+
+
+def test_static_files_alone_still_get_their_link(process_config, first_state):
+    config = dataclasses.replace(_with(process_config, shared_paths=()), static_url="/static/", static_path="static")
+    plan = process_deploy(config, first_state, CODE, REL_NEW)
+    assert [a.argv for a in _step(plan, "shared links").actions] == [
+        ("ln", "-sfn", "static", f"{ROOT}/releases/{REL_NEW}/.static")]
+
+
+def test_the_backup_leaves_the_uploads_out_like_shared_paths(process_config, first_state):
+    config = dataclasses.replace(process_config, media_url="/media/", media_path="media")
+    skipped = _named(_step(process_deploy(config, first_state, CODE, REL_NEW), "backup").actions[0])["rest"]
+    assert "shared/media" in skipped[skipped.index("--"):]
