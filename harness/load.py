@@ -36,10 +36,14 @@ class Summary:
     regressions: int
     errors: dict[str, int] = field(default_factory=dict)
     window_s: float = 0.0
+    p50_ms: float = 0.0  # latency of the successful requests
+    p99_ms: float = 0.0
 
 
-def _client(number: int, host: str, port: int, interval: float, stop: threading.Event, out: list[Sample]) -> None:
+def _client(number: int, host: str, port: int, interval: float, stop: threading.Event, out: list[Sample],
+            site: str | None = None) -> None:
     conn = None
+    headers = {"Content-Type": "text/plain", **({"Host": site} if site else {})}
     sent = 0
     next_at = time.monotonic()
     while not stop.is_set():
@@ -49,7 +53,7 @@ def _client(number: int, host: str, port: int, interval: float, stop: threading.
         try:
             if conn is None:
                 conn = http.client.HTTPConnection(host, port, timeout=10)
-            conn.request(method, path, body=body, headers={"Content-Type": "text/plain"})
+            conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
             response.read()
             out.append(Sample(number, start, time.monotonic(), response.status,
@@ -66,10 +70,10 @@ def _client(number: int, host: str, port: int, interval: float, stop: threading.
         time.sleep(max(0.0, next_at - time.monotonic()))
 
 
-def _generate(host, port, clients, rate, min_requests, min_seconds, control, results) -> None:
+def _generate(host, port, clients, rate, min_requests, min_seconds, control, results, site=None) -> None:
     stop = threading.Event()
     samples: list[list[Sample]] = [[] for _ in range(clients)]
-    threads = [threading.Thread(target=_client, args=(n, host, port, clients / rate, stop, samples[n]), daemon=True)
+    threads = [threading.Thread(target=_client, args=(n, host, port, clients / rate, stop, samples[n], site), daemon=True)
                for n in range(clients)]
     started = time.monotonic()
     for thread in threads:
@@ -86,12 +90,13 @@ def _generate(host, port, clients, rate, min_requests, min_seconds, control, res
 class Load:
     """`with Load(...) as load: act()`; then `load.samples`. Keeps going until `min_requests`."""
 
-    def __init__(self, host="127.0.0.1", port=80, clients=8, rate=500.0, min_requests=5000, min_seconds=2.0):
+    def __init__(self, host="127.0.0.1", port=80, clients=8, rate=500.0, min_requests=5000, min_seconds=2.0,
+                 site: str | None = None):
         context = multiprocessing.get_context("fork")
         self._done = context.Event()
         self._results = context.Queue()
         self._process = context.Process(target=_generate, daemon=True,
-                                        args=(host, port, clients, rate, min_requests, min_seconds, self._done, self._results))
+                                        args=(host, port, clients, rate, min_requests, min_seconds, self._done, self._results, site))
         self.samples: list[Sample] = []
 
     def __enter__(self) -> "Load":
@@ -132,7 +137,13 @@ def summarize(samples: list[Sample], new_version: str | None = None, *, maintena
             elif s.client in seen_new and s.version and 200 <= s.status < 300:
                 regressions += 1
     window = _maintenance_window(samples) if maintenance_ok else 0.0
-    return Summary(len(samples), len(failed), round(max_gap, 4), regressions, errors, window)
+    latencies = sorted(s.end - s.start for s in samples if ok(s))
+    p50, p99 = (_percentile(latencies, q) * 1000 for q in (0.5, 0.99))
+    return Summary(len(samples), len(failed), round(max_gap, 4), regressions, errors, window, round(p50, 2), round(p99, 2))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
 
 def _maintenance_window(samples: list[Sample]) -> float:

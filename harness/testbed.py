@@ -1196,8 +1196,9 @@ def _ppids() -> dict[int, int]:
 
 
 def _app_gunicorns(deploy_path: str, ppids: dict[int, int]) -> set[int]:
-    """Host gunicorns of the app: the masters in <deploy_path>/run/*/gunicorn.pid, and any gunicorn
-    (an orphaned worker, a master whose pid file is gone) running from under deploy_path."""
+    """Host app servers of the app: the masters in <deploy_path>/run/*/gunicorn.pid, any gunicorn
+    (an orphaned worker, a master whose pid file is gone) running from under deploy_path, and any
+    other server (START_COMMAND) whose working directory is a release there."""
     pids = set()
     for pid_file in Path(deploy_path).glob("run/*/gunicorn.pid"):
         try:
@@ -1211,7 +1212,7 @@ def _app_gunicorns(deploy_path: str, ppids: dict[int, int]) -> set[int]:
         return pids
     for pid in ppids:
         argv = " ".join(_cmdline(pid))
-        if "gunicorn" not in argv or pid in pids:
+        if pid in pids:
             continue
         try:
             if os.readlink(f"/proc/{pid}/root") != "/":  # a container's gunicorn: not ours to kill
@@ -1219,7 +1220,8 @@ def _app_gunicorns(deploy_path: str, ppids: dict[int, int]) -> set[int]:
             cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
-        if prefix in argv or (cwd + "/").startswith(prefix):
+        if ("gunicorn" in argv and (prefix in argv or (cwd + "/").startswith(prefix))) \
+                or (cwd + "/").startswith(prefix + "releases/"):
             pids.add(pid)
     return pids
 

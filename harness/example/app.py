@@ -9,7 +9,7 @@ from DEPLOY_SHA, which the deploy tool sets.
 
     gunicorn app:app                 serve (GUNICORN_CMD_ARGS supplies --bind)
     python3 app.py migrate           raise redis "schema_version" to this build's migrate_to
-    python3 app.py healthcheck       exit 0 when /healthz on APP_SOCKET answers 200
+    python3 app.py healthcheck       exit 0 when /healthz on APP_SOCKET (else port 8000) answers 200
 """
 import http.client
 import json
@@ -99,6 +99,11 @@ def route(environ):
         if path == "/items":
             items = [i.decode("utf-8", "replace") for i in db().lrange("items", 0, -1)]
             return _json("200 OK", items)
+        if path == "/slow":  # a long request (an export, a report): ?seconds=N
+            seconds = float(dict(p.split("=", 1) for p in environ.get("QUERY_STRING", "").split("&") if "=" in p)
+                            .get("seconds", "20"))
+            time.sleep(min(seconds, 120))
+            return _text("200 OK", f"slept {seconds:g}s\n")
     if method == "POST" and path == "/items":
         count = db().rpush("items", _read_body(environ))
         return _json("201 Created", {"sha": SHA, "count": count})
@@ -153,9 +158,13 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def healthcheck():
-    """Compose healthcheck: GET /healthz over the gunicorn unix socket, 2 s budget."""
+    """Compose healthcheck: GET /healthz over the gunicorn unix socket (or, when it listens on a
+    port instead, on 127.0.0.1:8000), 2 s budget."""
     try:
-        conn = _UnixHTTPConnection(APP_SOCKET, timeout=2)
+        if os.path.exists(APP_SOCKET):
+            conn = _UnixHTTPConnection(APP_SOCKET, timeout=2)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", int(os.environ.get("PORT", "8000")), timeout=2)
         conn.request("GET", "/healthz")
         status = conn.getresponse().status
     except OSError as exc:
