@@ -121,26 +121,26 @@ def verify(config: Config, sha: str, colour: str) -> Step:
 
 _DRAIN = r"""
 socket=$1; limit=$2; shift 2
-# "$@": prints the pid of a process in the network namespace that holds the socket's server side
-# (a container's); without it, this host's
-in_ns=""
+# "$@", if given, prints the pids of the colour's server: a container's socket has the path the app
+# bound inside it, which the other colour (and other apps) share; its connections live on this
+# host's side, where only their owner tells them apart
+pids=""
 if [ "$#" -gt 0 ]; then
-    pid=$("$@" 2>/dev/null | head -n 1)
-    if [ -n "$pid" ] && [ "$pid" != 0 ] && nsenter -t "$pid" -n true 2>/dev/null; then
-        in_ns="nsenter -t $pid -n"
-    else
-        echo "drain: cannot see the colour's connections (its container is gone, or nsenter needs root): not waiting for them"
-        exit 0
-    fi
+    pids=$("$@" 2>/dev/null | grep -E '^[0-9]+$' | paste -sd '|' -)
+    [ -n "$pids" ] || { echo "drain: the colour's server is not running: no connection to wait for"; exit 0; }
 fi
 open() {
-    # accepted connections, plus those still queued on the listening socket
-    c=$($in_ns ss -Hx state connected src "$socket" 2>/dev/null | wc -l)
-    q=$($in_ns ss -Hxl src "$socket" 2>/dev/null | awk '{ n += $3 } END { print n + 0 }')
-    echo $((c + q))
+    if [ -n "$pids" ]; then
+        ss -Hxp state connected src "$socket" 2>/dev/null | grep -Ec "pid=($pids),"
+    else
+        # accepted connections, plus those still queued on the listening socket
+        c=$(ss -Hx state connected src "$socket" 2>/dev/null | wc -l)
+        q=$(ss -Hxl src "$socket" 2>/dev/null | awk '{ n += $3 } END { print n + 0 }')
+        echo $((c + q))
+    fi
 }
 start=$(date +%s)
-while n=$(open) && [ "$n" -gt 0 ]; do
+while n=$(open); [ "${n:-0}" -gt 0 ]; do
     if [ $(( $(date +%s) - start )) -ge "$limit" ]; then
         echo "drain: $n connection(s) still open after ${limit}s (DRAIN_TIMEOUT): stopping the colour"; exit 0
     fi
@@ -151,12 +151,13 @@ echo "drain: no connection left after $(( $(date +%s) - start ))s"
 
 
 def drain(config: Config, colour: str, stop: tuple[Cmd, ...], socket: str | None = None,
-          netns: tuple[str, ...] = ()) -> Step:
+          owners: tuple[str, ...] = ()) -> Step:
     """Let the old colour finish what it has: the connections nginx opened to it (long requests,
     WebSockets) end, or DRAIN_TIMEOUT passes; then stop it (kept for an instant rollback).
-    `socket` is the path as the listening side bound it (in the namespace `netns` finds)."""
+    `socket` is the path as the listening side bound it; `owners`, a command printing the pids of
+    the colour's server, when that path is not the colour's alone."""
     limit = int(config.drain_timeout)
-    wait = cmd(*sh(_DRAIN, socket or Layout.of(config).socket(colour), str(limit), *netns),
+    wait = cmd(*sh(_DRAIN, socket or Layout.of(config).socket(colour), str(limit), *owners),
                stream=True).bounded(limit + 30, "DRAIN_TIMEOUT")
     return Step(phases.DRAIN, (Wait(SETTLE_SECONDS, "let the old colour accept what nginx already sent it"), wait, *stop),
                 best_effort=True, label=f"drain {colour}")

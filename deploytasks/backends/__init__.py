@@ -38,8 +38,8 @@ class Colour(Protocol):
         """Once it is ready, before the switch: publish its static files for nginx (if any)."""
 
     def listener(self) -> tuple[str, tuple[str, ...]]:
-        """The socket nginx's connections to it end at, as its listening side bound it, and a
-        command printing a pid in the network namespace that socket lives in ((): this host's)."""
+        """The socket nginx's connections to it end at, as its server bound it, and a command
+        printing the server's pids when that path is not its own alone (() when it is)."""
 
     def migrate(self) -> Step:
         """Run MIGRATE_COMMAND once, with this release's code and environment."""

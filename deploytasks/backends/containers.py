@@ -68,11 +68,12 @@ class ContainerColour:
         return sh('docker inspect -f "{{.State.Pid}}" "$("$@")"', *self("ps", "-q", self.config.web_service).argv)
 
     def listener(self) -> tuple[str, tuple[str, ...]]:
-        # a relayed colour's socket is nginx's, on this host; an app's own is in its container,
-        # where it has the path the app bound
+        # a relayed colour's socket is nginx's, at its own path; an app's own socket has the path
+        # bound in the container, the same in both colours: its web container's processes tell
         if self.config.relayed:
             return Layout.of(self.config).socket(self.colour), ()
-        return f"{CONTAINER_RUN_DIR}/{Layout.of(self.config).web}.sock", self._web_pid()
+        processes = sh('docker top "$("$@")" -eo pid', *self("ps", "-q", self.config.web_service).argv)
+        return f"{CONTAINER_RUN_DIR}/{Layout.of(self.config).web}.sock", processes
 
     def assets(self) -> tuple[Step, ...]:
         """Copy the static files out of the running web container (collected at build or at start

@@ -102,10 +102,10 @@ def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_
     old = f"{ROOT}/releases/{REL_OLD}"
     blue = ("docker", "compose", "-p", "example-blue", "--env-file", f"{old}/compose.env",
             "-f", f"{old}/compose/compose.yml", "-f", f"{old}/compose.deploy.yml")
-    # until blue's connections end (asked in its web container's network namespace) or DRAIN_TIMEOUT passes
-    script, _, _, limit, *netns = connections.argv[2:]
-    assert script == traffic._DRAIN and limit == "10"
-    assert tuple(netns) == sh('docker inspect -f "{{.State.Pid}}" "$("$@")"', *blue, "ps", "-q", "web")
+    # until the connections blue's web container holds on the socket it bound end, or DRAIN_TIMEOUT passes
+    script, _, socket_path, limit, *owners = connections.argv[2:]
+    assert script == traffic._DRAIN and limit == "10" and socket_path == "/run/deploytasks/web.sock"
+    assert tuple(owners) == sh('docker top "$("$@")" -eo pid', *blue, "ps", "-q", "web")
     assert stop.argv == (*blue, "stop", "-t", "15", "web")
 
 
