@@ -44,6 +44,15 @@ def bench(c, out=None):
     bench_module.run(ROOT, out)
 
 
+@task(help={"out": "write the results as JSON to this file"})
+@friendly
+def relays(c, out=None):
+    """Measure the candidates for relaying a colour's socket to a TCP app (nginx, socat, none)."""
+    from harness import relays as relays_module
+
+    relays_module.run(ROOT, out)
+
+
 @task(help={"out": "write the table as JSON to this file",
             "subset": "only the README's subset: each fault once in each flow, and the host faults"})
 @friendly
@@ -90,6 +99,6 @@ def testbed_status(c):
 
 
 ns = collection()
-for dev_task in (test, demo, bench, faults):
+for dev_task in (test, demo, bench, faults, relays):
     ns.add_task(dev_task)
 ns.add_collection(Collection("testbed", testbed_up, testbed_down, testbed_status))

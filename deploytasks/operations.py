@@ -247,8 +247,9 @@ def describe_state(config: Config, state: HostState) -> list[str]:
                      + progress.describe(state.in_progress, state.lock, state.now or time.time(), state.holder))
     if state.lock:
         lines.append(holder.status_line(state.holder or holder.Holder(state.lock), state.now or time.time()))
+    server = "server" if config.processes and config.processes.start_command else "gunicorn"
     for colour, pid in sorted(state.processes.items()):
-        lines.append(f"  gunicorn {colour:5} pid {pid} running {release_sha(state.release_of(colour)) or '?'}")
+        lines.append(f"  {server} {colour:5} pid {pid} running {release_sha(state.release_of(colour)) or '?'}")
     for project in [config.app_name] + [f"{config.app_name}-{c}" for c in ("blue", "green")]:
         for container in state.containers_of(project):
             mark = "  " if container.healthy or container.state != "running" else "!!"

@@ -2,13 +2,19 @@
 
 Each scenario runs one action (a deploy, a rollback, or a baseline done the usual way)
 while 8 keep-alive clients send GETs and POSTs through the server's nginx, and reports
-failed requests, the longest gap without a successful answer, and regressions (a client
-answered by the old version after the new one). Container scenarios use envs/local.env,
-process scenarios envs/local-process.env; every run starts from an empty test server.
+failed requests, the longest gap without a successful answer, regressions (a client
+answered by the old version after the new one) and latency percentiles. The `control (no
+deploy)` row is the same load with nothing happening: every `max_gap_s` reads against it.
+Container scenarios use envs/local.env (the app on its unix socket) and envs/local-tcp.env
+(the same app on TCP port 8000, relayed by nginx), process scenarios envs/local-process.env,
+and the WebSocket row the board app of harness/apps.py (aiohttp on $PORT); every run starts
+from an empty test server.
 """
 from __future__ import annotations
 
 import json
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +28,14 @@ from deploytasks.layout import Layout
 from deploytasks.plan import Plan, Step, cmd
 from deploytasks.remote.executor import Remote, execute
 
-from . import testbed
+from . import apps, testbed
 from .load import Load, summarize
 
 CONTAINER_ENV = "local"
+TCP_ENV = "local-tcp"
 PROCESS_ENV = "local-process"
+BOARD_ENV = "board"  # generated: the board app's own repository (harness/apps.py)
+CONTROL_SECONDS = 15.0  # about as long as a deploy takes here
 
 Action = Callable[[operations.Target], None]
 
@@ -39,11 +48,83 @@ class Scenario:
     new_version: str | None  # the version clients should see from the switch on
     before: Action | None = None  # setup, not measured
     window: bool = False  # a maintenance window: its 503 page (with Retry-After) is not a failure
+    during: "Callable[[operations.Target], Callable[[], dict]] | None" = None  # started before the
+    # action, under the same load; what its finisher returns is added to the row
+
+
+def idle(target: operations.Target) -> None:
+    """The control: the same load, and nothing done to the server."""
+    time.sleep(CONTROL_SECONDS)
+
+
+def long_request(seconds: float) -> Callable[[operations.Target], Callable[[], dict]]:
+    """One request of `seconds` (an export, a report) started through nginx just before the action."""
+
+    def start(target: operations.Target) -> Callable[[], dict]:
+        import requests
+
+        config, result = target.config, {}
+        url = f"http://{target.hosts[0]}:{config.nginx_listen}/slow?seconds={seconds:g}"
+
+        def send() -> None:
+            began = time.monotonic()
+            try:
+                response = requests.get(url, timeout=seconds + 60)
+                result.update(status=response.status_code, body=response.text.strip())
+            except requests.RequestException as exc:
+                result.update(status=0, error=type(exc).__name__)
+            result["seconds"] = round(time.monotonic() - began, 2)
+
+        thread = threading.Thread(target=send, daemon=True)
+        thread.start()
+        time.sleep(0.5)
+
+        def finish() -> dict:
+            thread.join(timeout=seconds + 90)
+            return {"long_request": result}
+
+        return finish
+
+    return start
+
+
+def websocket_held(target: operations.Target) -> Callable[[], dict]:
+    """A WebSocket opened on the old version just before the action, sending a message every
+    half second: how long it kept being answered, by which version, and when it closed."""
+    import websocket
+
+    config = target.config
+    ws = websocket.create_connection(f"ws://{target.hosts[0]}:{config.nginx_listen}/ws",
+                                     host=apps.BOARD_SITE, timeout=10)
+    began, replies = time.monotonic(), []
+
+    def ping() -> None:
+        try:
+            while True:
+                ws.send("ping")
+                replies.append((time.monotonic() - began, ws.recv()))
+                time.sleep(0.5)
+        except (websocket.WebSocketException, OSError) as exc:
+            replies.append((time.monotonic() - began, f"closed ({type(exc).__name__})"))
+
+    thread = threading.Thread(target=ping, daemon=True)
+    thread.start()
+
+    def finish() -> dict:
+        thread.join(timeout=5)
+        answers = [reply for _, reply in replies if not reply.startswith("closed")]
+        return {"websocket": {"answers": len(answers), "answered_by": sorted(set(answers)),
+                              "open_s": round(replies[-1][0], 2) if replies else 0.0,
+                              "ended": replies[-1][1] if replies and replies[-1][1].startswith("closed") else "open"}}
+
+    return finish
 
 
 def version_sha(target: operations.Target, name: str) -> str:
-    """The SHA of an example version: an image tag, or a commit of the process repository."""
-    return testbed.process_sha(name) if target.config.mode == "processes" else testbed.example_sha(name)
+    """The SHA of an example version: an image tag, or a commit (tag `name`) of the app's repository."""
+    if target.config.mode == "processes":
+        return apps.git(target.config.processes.source_repo, "rev-parse", f"{name}^{{commit}}")
+    return testbed.example_sha(name)
 
 
 def serve(name: str) -> Action:
@@ -96,7 +177,7 @@ def gunicorn_restart(target: operations.Target) -> None:
     """Stop the live gunicorn and start it again: what a plain `systemctl restart` does."""
 
     def restart(remote: Remote, state: HostState) -> None:
-        gunicorn = processes.Gunicorn(target.config, state, state.live, state.release_of(state.live))
+        gunicorn = processes.AppServer(target.config, state, state.live, state.release_of(state.live))
         execute(remote, Plan("baseline", "", (gunicorn.start(), gunicorn.ready())))
 
     _on_live(target, restart)
@@ -105,6 +186,7 @@ def gunicorn_restart(target: operations.Target) -> None:
 def container_scenarios() -> list[Scenario]:
     env = CONTAINER_ENV
     return [
+        Scenario("control (no deploy)", env, idle, None, before=serve("v1")),
         Scenario("container deploy v1->v2", env, deploy("v2"), "v2", before=serve("v1")),
         Scenario("container deploy v2->v3", env, deploy("v3"), "v3", before=serve("v2")),
         Scenario("container rollback v3->v2", env, rollback, "v2", before=serve("v3")),
@@ -113,6 +195,24 @@ def container_scenarios() -> list[Scenario]:
         Scenario("container maintenance deploy v2->v4 (breaking migration)", env, deploy("v4-breaking", window=True),
                  "v4-breaking", before=serve("v2"), window=True),
     ]
+
+
+def tcp_scenarios() -> list[Scenario]:
+    """The same app listening on TCP port 8000 (WEB_PORT), each colour relayed by nginx."""
+    env = TCP_ENV
+    return [
+        Scenario("tcp control (no deploy)", env, idle, None, before=serve("v1")),
+        Scenario("tcp container deploy v1->v2 (WEB_PORT relay)", env, deploy("v2"), "v2", before=serve("v1")),
+        Scenario("tcp container rollback v2->v1 (WEB_PORT relay)", env, rollback, "v1", before=serve("v2")),
+        Scenario("long request (20 s) across a deploy v1->v2", env, deploy("v2"), "v2", before=serve("v1"),
+                 during=long_request(20)),
+    ]
+
+
+def websocket_scenarios() -> list[Scenario]:
+    """aiohttp on $PORT as a process release (START_COMMAND, LISTEN=port)."""
+    return [Scenario("websocket held across a process deploy v1->v2 (aiohttp)", BOARD_ENV, deploy("v2"), "v2",
+                     before=serve("v1"), during=websocket_held)]
 
 
 def process_scenarios() -> list[Scenario]:
@@ -131,11 +231,14 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
     if scenario.before:
         scenario.before(target)
     new_sha = version_sha(target, scenario.new_version) if scenario.new_version else None
+    site = None if target.config.server_name == "_" else target.config.server_name.split()[0]
     with Load(target.hosts[0], target.config.nginx_listen, clients=clients, rate=rate,
-              min_requests=min_requests) as load:
+              min_requests=min_requests, site=site) as load:
+        finish = scenario.during(target) if scenario.during else None
         started = time.monotonic()
         scenario.action(target)
         deploy_s = time.monotonic() - started
+        extra = finish() if finish else {}
     summary = summarize(load.samples, new_sha, maintenance_ok=scenario.window)
     row = {
         "scenario": scenario.name,
@@ -144,8 +247,11 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
         "max_gap_s": summary.max_gap_s,
         "regressions": summary.regressions,
         "deploy_s": round(deploy_s, 2),
+        "p50_ms": summary.p50_ms,
+        "p99_ms": summary.p99_ms,
         "errors": summary.errors,
         "clients": clients,
+        **extra,
     }
     if scenario.window:
         history = _state(target).history
@@ -157,21 +263,30 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'scenario':58} {'requests':>8} {'failed':>7} {'max_gap_s':>9} {'regress':>7} {'deploy_s':>8}"
-             f" {'window_s':>8}"]
+             f" {'p50_ms':>6} {'p99_ms':>6} {'window_s':>8}"]
     for row in rows:
         window = f"{row['window_s']:>8.2f}" if "window_s" in row else f"{'':>8}"
         lines.append(f"{row['scenario']:58} {row['requests']:>8} {row['failed']:>7} {row['max_gap_s']:>9.3f} "
-                     f"{row['regressions']:>7} {row['deploy_s']:>8.1f} {window}")
+                     f"{row['regressions']:>7} {row['deploy_s']:>8.1f} {row['p50_ms']:>6.1f} {row['p99_ms']:>6.1f} "
+                     f"{window}")
+        for key in ("long_request", "websocket"):
+            if key in row:
+                lines.append(f"    {key}: {json.dumps(row[key])}")
     return "\n".join(lines)
 
 
 def run(root: Path, out: str | None = None, scenarios: list[Scenario] | None = None, *, clients: int = 8,
         rate: float = 500.0, min_requests: int = 5000, echo: Callable[[str], None] = print) -> list[dict]:
     testbed.up(echo=echo)
-    scenarios = scenarios or container_scenarios() + process_scenarios()
+    scenarios = scenarios or container_scenarios() + tcp_scenarios() + process_scenarios() + websocket_scenarios()
     targets = {}
+    generated = Path(tempfile.mkdtemp(prefix="deploytasks-bench-"))
     for env in dict.fromkeys(s.env for s in scenarios):
-        config = configuration.load(root, env)
+        home = root
+        if env == BOARD_ENV:
+            home = generated / "board"
+            apps.board_project(home, env)
+        config = configuration.load(home, env)
         testbed.reset_app(config)  # every run starts from an empty server: same data, same schema
         targets[env] = operations.Target(config, config.hosts[:1])
     rows = []

@@ -19,7 +19,7 @@ import requests
 from dotenv import dotenv_values
 
 from deploytasks import config as configuration
-from harness import testbed
+from harness import apps, testbed
 
 from .support import ROOT
 
@@ -81,20 +81,11 @@ volumes:
 
 # what the user changes in the example init wrote: where the server is and how to reach it
 TESTBED_VALUES = {
-    "HOSTS": "127.0.0.1",
-    "SSH_USER": "root",
-    "SSH_PORT": str(testbed.SSH_PORT),
-    "SSH_KEY": str(testbed.SSH_KEY),
-    "KNOWN_HOSTS": str(testbed.KNOWN_HOSTS),
-    "CONNECT_TIMEOUT": "5",
+    # SERVER_NAME: the app answers 400 to any other Host, so every probe must send it
+    **apps.testbed_values(PORT, "shop.test"),
     "DEPLOY_PATH": "/srv/shop-user",
-    "NGINX_CONF": str(testbed.NGINX_CONF),
-    "NGINX_SITE_DIR": str(testbed.NGINX_SITE_DIR),
-    "NGINX_LISTEN": str(PORT),
-    "SERVER_NAME": "shop.test",  # the app answers 400 to any other Host: every probe must send it
     "IMAGE_API": IMAGE,
     "HEALTH_TIMEOUT": "60",
-    "HEALTH_INTERVAL": "0.5",
     "DRAIN_TIMEOUT": "5",
     "MIGRATE_COMMAND": "",
     "APP_ENV_FILE": "",
