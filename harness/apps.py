@@ -40,7 +40,7 @@ RUN SECRET_KEY=build python3 manage.py collectstatic --noinput -v 0 \\
 USER gallery
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-", "gallery.wsgi"]
 """,
-    ".dockerignore": "nginx\n.git\n",
+    ".dockerignore": "nginx\n.git\nenvs\n",
     "manage.py": """\
 import os
 import sys
