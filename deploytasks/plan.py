@@ -64,6 +64,9 @@ class Poll:
     expect: str | None = None
     what: str = ""
     hints: tuple[tuple[str, str], ...] = ()  # (regex over the last output, its meaning; \1: its group)
+    # prints why waiting on is pointless (the server has exited), checked now and then while the
+    # probe fails; empty output: keep waiting
+    gone: tuple[str, ...] = ()
 
     def matches(self, output: str) -> bool:
         """The expected text (a SHA may be answered in full for an abbreviated one, or back)."""

@@ -44,16 +44,25 @@ def http_hints(key: str, path: str, host: str) -> tuple[tuple[str, str], ...]:
     )
 
 
-def readiness(config: Config, colour: str, diagnose: tuple[Cmd, ...] = ()) -> Step:
+def readiness(config: Config, colour: str, diagnose: tuple[Cmd, ...] = (), gone: tuple[str, ...] = ()) -> Step:
+    """READY_PATH on the colour's own socket until it answers; `gone` prints why waiting is
+    pointless (its server exited), so a crash fails the gate in seconds, not at HEALTH_TIMEOUT."""
     layout = Layout.of(config)
     # the site's own name, as nginx forwards it: apps that validate Host (Django's ALLOWED_HOSTS)
     # answer 400 to anything else and would never look ready
     host = nginx.probe_host(config)
     probe = ("curl", "-fsS", "--max-time", "5", "--unix-socket", layout.socket(colour),
              "-H", f"Host: {host}", f"http://localhost{config.ready_path}")
+    if config.relayed:  # nginx's relay answers 502 while nothing listens on the colour's port
+        listening = ((r"returned error: 502", f"nothing answers on the app's port: it must listen on "
+                      f"{'0.0.0.0:' + str(config.web_port) if config.web_port else '127.0.0.1:$PORT'} "
+                      f"(published for the {colour} colour on 127.0.0.1:{config.port(colour)})"),)
+    else:
+        listening = ((r"curl: \(7\)", f"nothing listens on the {colour} colour's socket: an app that binds a TCP "
+                      "port (gunicorn --bind on its command line) needs WEB_PORT (LISTEN=port for processes)"),)
     poll = Poll(probe, config.health_timeout, config.health_interval,
                 what=f"GET {config.ready_path} (READY_PATH) on the {colour} colour's socket",
-                hints=http_hints("READY_PATH", config.ready_path, host))
+                hints=listening + http_hints("READY_PATH", config.ready_path, host), gone=gone)
     return Step(phases.READY, (poll,), diagnose=diagnose, label=f"ready: {colour}")
 
 

@@ -61,7 +61,8 @@ class ContainerColour:
                     ).bounded(int(self.config.health_timeout) + UP_MARGIN, "HEALTH_TIMEOUT")
 
     def ready(self) -> Step:
-        return traffic.readiness(self.config, self.colour, diagnose=self.diagnostics())
+        states = self("ps", "-a", "--format", "{{.Service}} {{.State}} {{.ExitCode}}", *self.config.stateless).argv
+        return traffic.readiness(self.config, self.colour, diagnose=self.diagnostics(), gone=sh(_GONE, *states))
 
     def _web_pid(self) -> tuple[str, ...]:
         """Prints the pid of this colour's web container (its network namespace, its user)."""
@@ -106,6 +107,16 @@ class ContainerColour:
         return Step(phases.MIGRATE, (dataclasses.replace(migration, quiet=run.quiet).bounded(
             self.config.timeout_migrate, "TIMEOUT_MIGRATE"),), outlives_connection=True)
 
+
+# what `compose ps` says of the colour's containers, when one of them has stopped for good
+_GONE = r"""
+"$@" 2>/dev/null | while read -r service state code; do
+    case "$state" in
+        exited|dead) echo "its $service container has $state (exit code $code): see its logs below" ;;
+        restarting) echo "its $service container keeps restarting (last exit code $code): see its logs below" ;;
+    esac
+done
+"""
 
 _OWN_MEDIA = r"""
 media=$1; shift

@@ -225,7 +225,13 @@ class AppServer:
         return (cmd("tail", "-n", "30", self.layout.log(self.colour)),)
 
     def ready(self) -> Step:
-        return traffic.readiness(self.config, self.colour, diagnose=self.diagnostics())
+        if self.systemd:
+            gone = sh('[ "$(systemctl is-active "$1")" = failed ] && echo "its unit $1 has failed: see its log below"; '
+                      "true", self.unit)
+        else:
+            gone = sh('pid=$(cat "$1" 2>/dev/null) || exit 0; kill -0 "$pid" 2>/dev/null '
+                      '|| echo "its server (pid $pid) has exited: see its log below"', self.pidfile)
+        return traffic.readiness(self.config, self.colour, diagnose=self.diagnostics(), gone=gone)
 
     def assets(self) -> tuple[Step, ...]:
         return ()  # the release's STATIC_PATH is linked in when it is staged

@@ -24,6 +24,7 @@ from ..plan import Cmd, Plan, Poll, Put, Step, Wait
 
 TAIL_LINES = 15
 PROGRESS_EVERY = 10.0  # seconds between 'still waiting' lines of a poll
+GONE_EVERY = 2.0  # seconds between asking whether what a poll waits for has exited
 COMMAND_TIMEOUT_KEY = "TIMEOUT_COMMAND"  # the bound of every command without one of its own
 
 
@@ -252,12 +253,19 @@ def _perform(remote: Remote, action) -> None:
 
 def _poll(remote: Remote, poll: Poll) -> None:
     started = time.monotonic()
-    deadline, next_note = started + poll.timeout, started + PROGRESS_EVERY
+    deadline, next_note, next_gone = started + poll.timeout, started + PROGRESS_EVERY, started
     while True:
         result = remote.run(poll.argv)
         if result.ok and (poll.expect is None or poll.matches(result.stdout.strip())):
             return
         now = time.monotonic()
+        if poll.gone and now >= next_gone:
+            next_gone = now + GONE_EVERY
+            why = remote.run(poll.gone)
+            if why.ok and why.stdout.strip():
+                seen = tail(result, 5)
+                raise StepFailed(f"{remote.host}: {remote.console.mask(poll.what)}: not ready and never will be: "
+                                 f"{remote.console.mask(why.stdout.strip())}", [remote.console.mask(s) for s in seen])
         if now >= next_note:
             remote.console(f"   ... still waiting ({now - started:.0f}s of {poll.timeout:g}s)")
             next_note += PROGRESS_EVERY

@@ -330,7 +330,9 @@ def test_a_poll_that_never_succeeds_shows_the_tail_of_its_output(host):
      "answered HTTP 400: the app refuses the request, often its Host header (localhost, the first name of "
      "SERVER_NAME), as Django does for a name not in ALLOWED_HOSTS"),
     ("curl: (22) The requested URL returned error: 503", "answered HTTP 503"),
-    ("curl: (7) Couldn't connect to server", "nothing answers on it (no server listening yet)"),
+    ("curl: (7) Couldn't connect to server", "nothing listens on the green colour's socket: an app that binds a "
+                                             "TCP port (gunicorn --bind on its command line) needs WEB_PORT "
+                                             "(LISTEN=port for processes)"),
     ("something else", ""),
 ])
 def test_a_readiness_gate_that_fails_names_its_key_and_the_answer(host, clock, local_config, stderr, meaning):
@@ -593,3 +595,27 @@ def test_a_failed_commands_message_shows_it_briefly_and_masked(host):
     assert str(failed.value).splitlines()[0] == (
         f"web1: `docker compose -p shop-green … up -d --no-deps --force-recreate --wait --wait-timeout 120 {MASK}` "
         "failed (exit 1):")
+
+
+def test_a_gate_whose_server_has_exited_fails_at_once_saying_so(host, clock):
+    """A crashed colour fails the gate in seconds, not at HEALTH_TIMEOUT: the poll asks `gone`."""
+    gone = ("sh", "-c", "compose ps")
+    poll = Poll(("curl", "ready"), 120, 0.5, what="GET /readyz (READY_PATH)", gone=gone)
+    host.transport.answer(line(poll), exited=7, stderr="curl: (7) Couldn't connect to server\n")
+    host.transport.answer(shlex.join(gone), stdout="its web container has exited (exit code 3): see its logs below\n")
+    with pytest.raises(StepFailed) as failed:
+        execute(host.remote, plan(Step("ready", (poll,))))
+    assert str(failed.value).startswith("web1: GET /readyz (READY_PATH): not ready and never will be: its web "
+                                        "container has exited (exit code 3)")
+    assert clock.now < 5, "it did not wait for the timeout"
+
+
+def test_a_gate_keeps_waiting_while_gone_says_nothing_and_asks_it_only_now_and_then(host, clock):
+    gone = ("sh", "-c", "compose ps")
+    poll = Poll(("curl", "ready"), 10, 0.5, what="GET /readyz (READY_PATH)", gone=gone)
+    host.transport.answer(line(poll), exited=7, stderr="curl: (7) Couldn't connect to server\n")
+    host.transport.answer(shlex.join(gone), stdout="")
+    with pytest.raises(StepFailed, match="not ready after 10s"):
+        execute(host.remote, plan(Step("ready", (poll,))))
+    probes, asked = host.transport.commands.count(line(poll)), host.transport.commands.count(shlex.join(gone))
+    assert probes >= 20 and 1 <= asked <= probes // 3, (probes, asked)

@@ -17,6 +17,7 @@ from conftest import REL_NEW, REL_OLD, REPO, SHA_NEW, links
 
 from deploytasks import config as configuration
 from deploytasks import phases, traffic
+from deploytasks.backends import containers
 from deploytasks.layout import Layout
 from deploytasks.plan import Cmd, Poll, Wait, cmd, sh
 
@@ -327,3 +328,45 @@ def test_drain_does_not_wait_for_a_server_that_is_not_running(listening, printed
     config, _, _ = listening
     out, err = _drain_run(config, "blue", "echo", printed).communicate(timeout=10)
     assert out == "drain: the colour's server is not running: no connection to wait for\n", (out, err)
+
+
+def test_a_relayed_gate_that_gets_nginx_502_says_what_the_app_must_listen_on(relayed_config):
+    [poll] = traffic.readiness(relayed_config, "green").actions
+    assert poll.gave_up("curl: (22) The requested URL returned error: 502").endswith(
+        "nothing answers on the app's port: it must listen on 0.0.0.0:8000 (published for the green colour on "
+        "127.0.0.1:21001)")
+
+
+@linux_sh
+@pytest.mark.parametrize("states, said", [
+    ("web running 0\nworker running 0", ""),
+    ("web exited 3\nworker running 0", "its web container has exited (exit code 3): see its logs below"),
+    ("web restarting 1", "its web container keeps restarting (last exit code 1): see its logs below"),
+    ("", ""),
+])
+def test_a_container_colour_says_when_its_containers_stopped_for_good(local_config, states, said):
+    [poll] = containers.ContainerColour(local_config, "green", REL_NEW).ready().actions
+    script, args = poll.gone[2], poll.gone[4:]
+    assert args[:2] == ("docker", "compose") and args[-5:] == ("ps", "-a", "--format",
+                                                                "{{.Service}} {{.State}} {{.ExitCode}}", "web")
+    out = subprocess.run(["sh", "-c", script, "sh", "printf", "%s\\n", states], capture_output=True, text=True)
+    assert out.stdout.strip() == said
+
+
+@linux_sh
+def test_a_process_colour_says_when_its_server_has_exited(tmp_path, process_config):
+    from deploytasks.backends import processes
+    from deploytasks.facts import HostState
+
+    config = dataclasses.replace(process_config, deploy_path=str(tmp_path))
+    server = processes.AppServer(config, HostState(), "green", REL_NEW)
+    [poll] = server.ready().actions
+    Path(server.pidfile).parent.mkdir(parents=True)
+    run = lambda: subprocess.run(poll.gone, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    assert run() == "", "no pid file yet: it may still be starting"
+    Path(server.pidfile).write_text(f"{os.getpid()}\n")
+    assert run() == ""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    Path(server.pidfile).write_text(f"{dead.pid}\n")
+    assert run() == f"its server (pid {dead.pid}) has exited: see its log below"
