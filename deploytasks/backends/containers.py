@@ -47,9 +47,20 @@ class ContainerColour:
         undo = self._stopping(self("rm", "-f", "-s", *services) if fresh else self("stop", "-t", "5", *services))
         # a recreated colour binds a fresh socket; one still running (a rollback after a failed
         # drain) keeps listening on the one it has
-        fresh_socket = (cmd("rm", "-f", Layout.of(self.config).app_socket(self.colour)),) if fresh else ()
+        fresh_socket = (cmd("rm", "-f", Layout.of(self.config).app_socket(self.colour)),
+                        *self._socket_owner()) if fresh else ()
         return Step(phases.START, (*fresh_socket, self._up(fresh)), undo=(undo,), diagnose=self.diagnostics(),
                     label=f"start {self.colour}")
+
+    def _socket_owner(self) -> tuple[Cmd, ...]:
+        """Give the run directory to the user the web service runs as (its compose `user:`, else
+        the image's), so an image that is not root can create its socket there."""
+        config = self.config
+        if config.relayed:
+            return ()  # nothing of the app's is created on the host
+        user = str((compose.model(config)["services"].get(config.web_service) or {}).get("user") or "")
+        image = f"{config.images[config.web_service]}:{release_sha(self.release)}"
+        return (cmd(*sh(_SOCKET_OWNER, Layout.of(config).run_dir(self.colour), image, user)),)
 
     def restart(self) -> tuple[Cmd, ...]:
         return (self._up(fresh=False),)
@@ -107,6 +118,18 @@ class ContainerColour:
         return Step(phases.MIGRATE, (dataclasses.replace(migration, quiet=run.quiet).bounded(
             self.config.timeout_migrate, "TIMEOUT_MIGRATE"),), outlives_connection=True)
 
+
+_SOCKET_OWNER = r"""
+dir=$1; image=$2; user=${3:-$(docker image inspect -f '{{.Config.User}}' "$image" 2>/dev/null)}
+mkdir -p "$dir" || exit 1
+case "$user" in ""|root|0|0:*|root:*) exit 0 ;; esac
+uid=${user%%:*}
+# a name: its uid as the image itself resolves it (its own /etc/passwd)
+case "$uid" in *[!0-9]*) uid=$(docker run --rm --user "$user" --entrypoint id "$image" -u 2>/dev/null) \
+    || { echo "the web image runs as $user, whose uid could not be read (no id in the image): the socket directory stays root's; use WEB_PORT"; exit 0; } ;;
+esac
+chown "$uid" "$dir"
+"""
 
 # what `compose ps` says of the colour's containers, when one of them has stopped for good
 _GONE = r"""

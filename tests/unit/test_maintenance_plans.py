@@ -198,7 +198,7 @@ def test_window_deploy_steps(local_config, blue_live_state):
     green = ("docker", "compose", "-p", "example-green", "--env-file", f"{new}/compose.env",
              "-f", f"{new}/compose/compose.yml", "-f", f"{new}/compose.deploy.yml")
     start = _step(plan, "start green")
-    assert start.actions[1].argv[:len(green)] == green and "--force-recreate" in start.actions[1].argv
+    assert start.actions[-1].argv[:len(green)] == green and "--force-recreate" in start.actions[-1].argv
     assert _step(plan, "maintenance on") == maintenance.window_on_step(local_config, "blue")
     stop = _step(plan, "stop blue")
     assert stop.actions == (Cmd((*blue, "stop", "-t", "15", "web"), timeout=40, timeout_key="TIMEOUT_STOP",

@@ -1,6 +1,7 @@
 """Plans: what a deploy or rollback will run, as data (no host needed to check it)."""
 from __future__ import annotations
 
+import sys
 import dataclasses
 import shlex
 
@@ -124,7 +125,7 @@ def test_deploy_commands_target_the_new_colour_and_release(local_config, blue_li
     assert migrate.actions[0].stream and migrate.outlives_connection and not migrate.undo
     start = _step(plan, "start green")
     assert start.actions[0].argv == ("rm", "-f", f"{ROOT}/run/green/web.sock")
-    assert start.actions[1].argv == (*compose_prefix, "up", "-d", "--no-deps", "--force-recreate", "--wait",
+    assert start.actions[-1].argv == (*compose_prefix, "up", "-d", "--no-deps", "--force-recreate", "--wait",
                                      "--wait-timeout", "60", "web")
     assert start.undo[0].argv == (*compose_prefix, "rm", "-f", "-s", "web")
     assert start.diagnose  # logs are shown when the new colour does not come up
@@ -515,3 +516,39 @@ def test_a_first_relayed_deploy_installs_its_site_before_the_readiness_gate(loca
     names, ready = _names(plan), _step(plan, "ready: blue").actions[0]
     assert f"{ROOT}/run/blue/web.relay.sock" in ready.argv
     assert names.index("nginx site") < names.index("start blue") < names.index("ready: blue")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="runs the script with sh")
+@pytest.mark.parametrize("user, image_user, uid", [
+    ("", "", None),  # root: nothing to give
+    ("", "root", None),
+    ("1000:1000", "", "1000"),  # the compose file's user: wins over the image's
+    ("", "10001", "10001"),
+    ("", "gallery", "10001"),  # a name: resolved by the image itself
+])
+def test_a_fresh_colour_gives_its_socket_directory_to_the_user_its_image_runs_as(tmp_path, local_config,
+                                                                               blue_live_state, user, image_user, uid):
+    """A non-root web image can create its socket in run/<colour>/ (owned by root otherwise)."""
+    import subprocess
+
+    plan = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
+    owner = _step(plan, "start green").actions[1]
+    script, args = owner.argv[2], list(owner.argv[4:])
+    assert args == [f"{ROOT}/run/green", f"127.0.0.1:5000/example/web:{SHA_NEW}", ""]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "docker").write_text(f"#!/bin/sh\ncase \"$1\" in image) echo '{image_user}' ;; run) echo 10001 ;; esac\n")
+    (fake / "chown").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/chowned\n")
+    for tool in ("docker", "chown"):
+        (fake / tool).chmod(0o755)
+    directory = tmp_path / "run" / "green"
+    subprocess.run(["sh", "-c", script, "sh", str(directory), args[1], user], check=True,
+                   env={"PATH": f"{fake}:/usr/bin:/bin"})
+    assert directory.is_dir()
+    chowned = tmp_path / "chowned"
+    assert (chowned.read_text().split() if chowned.exists() else None) == ([uid, str(directory)] if uid else None)
+
+
+def test_a_relayed_colour_leaves_its_run_directory_alone(local_raw, blue_live_state):
+    plan = container_deploy(_local(local_raw, WEB_PORT="8000"), blue_live_state, SHA_NEW, REL_NEW)
+    assert not any("chown" in " ".join(a.argv) for a in _step(plan, "start green").actions)
