@@ -1,9 +1,9 @@
 """Plans: what a deploy or rollback will run, as data (no host needed to check it)."""
 from __future__ import annotations
 
-import sys
 import dataclasses
 import shlex
+import sys
 
 import pytest
 from conftest import container_deploy, container_rollback, REL_NEW, REL_OLD, REPO, SHA_NEW, SHA_OLD, links, step_named as _step, step_names as _names
