@@ -86,7 +86,7 @@ def test_status_fails_when_the_live_colour_stops_answering(fresh_host, capsys):
     assert requests.get(f"{PUBLIC}/version", timeout=5).status_code == 502
     with pytest.raises(DeployError) as broken:
         operations.status(target)
-    assert "the live colour (blue) does not answer /healthz" in str(broken.value)
+    assert "the live colour (blue) does not answer HEALTH_PATH /healthz" in str(broken.value)
     assert "!! the live colour does not answer /healthz: visitors get 502" in capsys.readouterr().out
 
 
