@@ -87,7 +87,7 @@ def test_status_fails_when_the_live_colour_stops_answering(fresh_host, capsys):
     with pytest.raises(DeployError) as broken:
         operations.status(target)
     assert "the live colour (blue) does not answer HEALTH_PATH /healthz" in str(broken.value)
-    assert "!! the live colour does not answer /healthz: visitors get 502" in capsys.readouterr().out
+    assert "!! the live colour does not answer HEALTH_PATH /healthz: visitors get 502" in capsys.readouterr().out
 
 
 class _StallingRegistry(BaseHTTPRequestHandler):
