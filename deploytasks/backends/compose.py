@@ -82,8 +82,10 @@ def overlay(config: Config, compose: dict, layout: Layout, release_dir: str, sha
             volumes.append(f"{layout.media}:{config.media_path.rstrip('/')}")
         theirs = spec.get("volumes") or []
         # the colours serve static files of their own image, not a volume both share (and a
-        # migration's collectstatic writes into): one mounted at STATIC_PATH is left out
-        kept = [v for v in theirs if not (config.static_url and _target(v) == config.static_path.rstrip("/"))]
+        # migration's collectstatic writes into): one mounted at STATIC_PATH is left out, and so is
+        # one where ours go (compose would otherwise mount two things at one path)
+        replaced = {_target(v) for v in volumes} | ({config.static_path.rstrip("/")} if config.static_url else set())
+        kept = [v for v in theirs if _target(v) not in replaced]
         override = {
             "image": f"{config.images[service]}:{sha}",
             "env_file": [f"{release_dir}/{APP_ENV}"],

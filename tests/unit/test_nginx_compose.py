@@ -465,3 +465,16 @@ def test_app_env_value_ending_in_backslash():
         assert _compose_go_single_quoted(line) == "pa55\\"
     else:  # double-quoted: backslash escaped
         assert line == 'PASSWORD="pa55\\\\"\n'
+
+
+def test_a_team_volume_where_uploads_go_is_replaced_not_mounted_twice(tmp_path):
+    """With the static volume dropped the overlay's list replaces the team's: their `media` volume at
+    MEDIA_PATH must not stay beside shared/media there (two mounts at one path)."""
+    compose = COMPOSE_STATIC_VOLUME.replace("      - /srv/data:/data\n", "      - /srv/data:/data\n      - media:/app/media\n")
+    env = GOOD_ENV + "STATIC_URL=/static/\nSTATIC_PATH=/app/static\nMEDIA_URL=/media/\nMEDIA_PATH=/app/media\n"
+    config = configuration.load(make_root(tmp_path, {"t": env}, compose=compose), "t", environ={})
+    _, doc = _overlay(config, "blue", release_dir="/srv/shop/releases/r1")
+    volumes = doc["services"]["web"]["volumes"]
+    targets = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in volumes]
+    assert sorted(targets) == sorted(set(targets)) and "/srv/shop/shared/media:/app/media" in volumes
+    assert "media:/app/media" not in volumes
