@@ -102,7 +102,10 @@ def websocket_held(target: operations.Target) -> Callable[[], dict]:
         try:
             while True:
                 ws.send("ping")
-                replies.append((time.monotonic() - began, ws.recv()))
+                reply = ws.recv()
+                if not reply:  # the server's close frame
+                    raise websocket.WebSocketConnectionClosedException("close frame")
+                replies.append((time.monotonic() - began, reply))
                 time.sleep(0.5)
         except (websocket.WebSocketException, OSError) as exc:
             replies.append((time.monotonic() - began, f"closed ({type(exc).__name__})"))

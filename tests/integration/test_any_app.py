@@ -184,7 +184,10 @@ def test_an_aiohttp_server_on_port_deploys_as_a_process_release(board):
         try:
             while True:
                 ws.send("ping")
-                replies.append((time.monotonic(), ws.recv()))
+                reply = ws.recv()
+                if not reply:  # the server's close frame
+                    raise websocket.WebSocketConnectionClosedException(reply)
+                replies.append((time.monotonic(), reply))
                 time.sleep(0.5)
         except (websocket.WebSocketException, OSError):
             replies.append((time.monotonic(), "closed"))
