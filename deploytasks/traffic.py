@@ -86,7 +86,8 @@ def switch(config: Config, state: HostState, colour: str, release: str) -> Step:
     static = (cmd("mkdir", "-p", f"{layout.run}/static"),) if config.static_url else ()
     return Step(
         phases.SWITCH,
-        # what the colour runs first: a crash after it leaves the host truthful, not switched
+        # what the colour runs before the live link: a crash after it leaves the host truthful, not
+        # switched (static links first are harmless: the old pages' assets are found as `previous`)
         (*static,
          point_links(*_static_links(config, release, was_serving),
                      (layout.colour_target(release), layout.colour_link(colour)),
