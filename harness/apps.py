@@ -368,3 +368,44 @@ def board_project(repo: Path, env: str) -> dict[str, str]:
     (repo / "envs" / f"{env}.env").write_text("".join(f"{k}={v}\n" for k, v in board_env().items()))
     return {release: commit(repo, release, {"RELEASE": release + "\n", **board_static(release)})
             for release in ("v1", "v2", "v3")}
+
+
+class Pinger:
+    """A WebSocket to the board, sending "ping" every half second from a thread of its own until
+    the socket closes: `replies` holds (time.monotonic(), reply), the last one "closed (<why>)"."""
+
+    def __init__(self, host: str, port: int, first: str = "before"):
+        import threading
+
+        import websocket
+
+        self._closed = (websocket.WebSocketException, OSError)
+        self.ws = websocket.create_connection(f"ws://{host}:{port}/ws", host=BOARD_SITE, timeout=10)
+        self.ws.send(first)
+        self.first = self.ws.recv()  # answered before the thread starts: by the version serving now
+        self.replies: list[tuple[float, str]] = []
+        self._thread = threading.Thread(target=self._ping, daemon=True)
+        self._thread.start()
+
+    def _ping(self) -> None:
+        import time
+
+        try:
+            while True:
+                self.ws.send("ping")
+                reply = self.ws.recv()
+                if not reply:  # the server's close frame
+                    raise ConnectionResetError("close frame")
+                self.replies.append((time.monotonic(), reply))
+                time.sleep(0.5)
+        except self._closed as exc:
+            self.replies.append((time.monotonic(), f"closed ({type(exc).__name__})"))
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout=timeout)
+
+    def answers(self) -> list[tuple[float, str]]:
+        return [(t, reply) for t, reply in self.replies if not reply.startswith("closed")]
+
+    def ended(self) -> str:
+        return self.replies[-1][1] if self.replies and self.replies[-1][1].startswith("closed") else "open"

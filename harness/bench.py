@@ -91,34 +91,15 @@ def long_request(seconds: float) -> Callable[[operations.Target], Callable[[], d
 def websocket_held(target: operations.Target) -> Callable[[], dict]:
     """A WebSocket opened on the old version just before the action, sending a message every
     half second: how long it kept being answered, by which version, and when it closed."""
-    import websocket
-
-    config = target.config
-    ws = websocket.create_connection(f"ws://{target.hosts[0]}:{config.nginx_listen}/ws",
-                                     host=apps.BOARD_SITE, timeout=10)
-    began, replies = time.monotonic(), []
-
-    def ping() -> None:
-        try:
-            while True:
-                ws.send("ping")
-                reply = ws.recv()
-                if not reply:  # the server's close frame
-                    raise websocket.WebSocketConnectionClosedException("close frame")
-                replies.append((time.monotonic() - began, reply))
-                time.sleep(0.5)
-        except (websocket.WebSocketException, OSError) as exc:
-            replies.append((time.monotonic() - began, f"closed ({type(exc).__name__})"))
-
-    thread = threading.Thread(target=ping, daemon=True)
-    thread.start()
+    pinger = apps.Pinger(target.hosts[0], target.config.nginx_listen)
+    began = time.monotonic()
 
     def finish() -> dict:
-        thread.join(timeout=5)
-        answers = [reply for _, reply in replies if not reply.startswith("closed")]
+        pinger.join(timeout=5)
+        answers = [reply for _, reply in pinger.answers()]
         return {"websocket": {"answers": len(answers), "answered_by": sorted(set(answers)),
-                              "open_s": round(replies[-1][0], 2) if replies else 0.0,
-                              "ended": replies[-1][1] if replies and replies[-1][1].startswith("closed") else "open"}}
+                              "open_s": round(pinger.replies[-1][0] - began, 2) if pinger.replies else 0.0,
+                              "ended": pinger.ended()}}
 
     return finish
 

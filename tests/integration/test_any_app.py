@@ -161,8 +161,6 @@ def test_an_aiohttp_server_on_port_deploys_as_a_process_release(board):
     import threading
     import time
 
-    import websocket
-
     repo, bin_, shas, config = board
     inv = str(bin_ / "inv")
     ok([inv, "deploy", "--env", "staging", "--sha", shas["v1"]], repo)  # the first: nothing served before
@@ -175,25 +173,8 @@ def test_an_aiohttp_server_on_port_deploys_as_a_process_release(board):
     request = threading.Thread(target=lambda: slow.update(r=requests.get(
         BOARD + "/slow?seconds=20", headers={"Host": BOARD_SITE}, timeout=60), ended=time.monotonic()))
     request.start()
-    ws = websocket.create_connection(f"ws://127.0.0.1:{BOARD_PORT}/ws", host=BOARD_SITE, timeout=10)
-    ws.send("before")
-    assert ws.recv() == "v1:before"
-    replies: list[tuple[float, str]] = []
-
-    def ping() -> None:  # one message every half second until the socket closes
-        try:
-            while True:
-                ws.send("ping")
-                reply = ws.recv()
-                if not reply:  # the server's close frame
-                    raise websocket.WebSocketConnectionClosedException(reply)
-                replies.append((time.monotonic(), reply))
-                time.sleep(0.5)
-        except (websocket.WebSocketException, OSError):
-            replies.append((time.monotonic(), "closed"))
-
-    pinger = threading.Thread(target=ping, daemon=True)
-    pinger.start()
+    pinger = anyapp.Pinger("127.0.0.1", BOARD_PORT)  # one message every half second until it closes
+    assert pinger.first == "v1:before"
     out = deploy_under_load([inv, "deploy", "--env", "staging", "--sha", shas["v2"]], repo, BOARD_PORT,
                             BOARD_SITE, "v2")
     deployed = time.monotonic()
@@ -202,10 +183,10 @@ def test_an_aiohttp_server_on_port_deploys_as_a_process_release(board):
     assert slow["r"].status_code == 200 and slow["r"].text == "slept v1", "the 20 s request outlived the switch"
     slow_ended = slow["ended"]
     assert "drain:" in out, out[-2000:]
-    answered = [t for t, reply in replies if reply == "v1:ping"]
-    assert {reply for _, reply in replies} <= {"v1:ping", "closed"}, replies
+    answered = [t for t, reply in pinger.answers()]
+    assert {reply for _, reply in pinger.answers()} == {"v1:ping"}, pinger.replies
     assert answered and answered[-1] > slow_ended, "the WebSocket stayed open past the long request, on v1"
-    assert replies[-1][1] == "closed" and replies[-1][0] <= deployed + 1, "closed when the drain ended"
+    assert pinger.ended() != "open" and pinger.replies[-1][0] <= deployed + 1, "closed when the drain ended"
     version, v2_page = page(BOARD, BOARD_SITE)
     assert version == "v2"
     assets_load(BOARD, BOARD_SITE, v2_page)
