@@ -183,6 +183,38 @@ true
 """
 
 
+# The same file left by an nginx killed or cut off by a power loss would stop nginx from starting
+# at all (every site down). Where systemd runs nginx, a drop-in removes this app's relay sockets
+# before nginx starts; systemd runs ExecStartPre only when nginx is not running, so none is live.
+_BOOT_CLEANUP = r"""
+file=$1; shift
+[ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1 || exit 0
+want="[Service]
+# deploytasks: stale relay sockets (an nginx that was killed leaves them, and cannot bind them again)
+ExecStartPre=-/bin/rm -f $*"
+[ "$(cat "$file" 2>/dev/null)" = "$want" ] && exit 0
+if mkdir -p "$(dirname "$file")" && printf '%s\n' "$want" > "$file" && systemctl daemon-reload; then
+    echo "nginx.service drop-in written: $file"
+else
+    echo "warning: could not write $file; if nginx is killed, remove $* before starting it" >&2
+fi
+true
+"""
+
+SYSTEMD_DROPIN_DIR = "/etc/systemd/system/nginx.service.d"
+
+
+def relay_sockets(config: Config) -> list[str]:
+    """The sockets nginx itself listens on for this app: one per colour when relayed, else none."""
+    layout = Layout.of(config)
+    return [layout.socket(colour) for colour in COLOURS] if config.relayed else []
+
+
+def listened_sockets(conf_text: str) -> list[str]:
+    """The unix sockets an nginx configuration listens on (`listen unix:PATH ...;`)."""
+    return re.findall(r"^\s*listen\s+unix:([^\s;]+)", conf_text, flags=re.M)
+
+
 def install_argv(rendered: str, live: str, previous: str, conf: str) -> tuple[str, ...]:
     return sh(_INSTALL, rendered, live, previous, conf)
 
@@ -198,13 +230,14 @@ def install_step(config: Config, rendered_path: str) -> Step:
     skip the reload (and the keep-alive resets every reload causes). Undo puts the previous
     site back if this step replaced it."""
     layout = Layout.of(config)
-    relay_sockets = [layout.socket(colour) for colour in COLOURS] if config.relayed else []
+    sockets = relay_sockets(config)
     relay_dirs = [layout.run_dir(colour) for colour in COLOURS] if config.relayed else []
+    dropin = f"{SYSTEMD_DROPIN_DIR}/deploytasks{config.deploy_path.rstrip('/').replace('/', '-')}.conf"
     return Step(
         phases.NGINX,
         (
             cmd("mkdir", "-p", layout.site_additions, *relay_dirs),
-            *([cmd(*sh(_STALE_RELAYS, *relay_sockets))] if relay_sockets else []),
+            *([cmd(*sh(_STALE_RELAYS, *sockets)), cmd(*sh(_BOOT_CLEANUP, dropin, *sockets))] if sockets else []),
             Put(rendered_path, site(config).encode()),
             cmd(*install_argv(rendered_path, layout.site, layout.previous_site, config.nginx_conf)),
         ),

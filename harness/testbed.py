@@ -34,6 +34,7 @@ from typing import Callable
 
 import requests
 
+from deploytasks import nginx
 from deploytasks.errors import DeployError
 
 STATE_DIR = Path("/var/lib/deploytasks-testbed")
@@ -1092,7 +1093,7 @@ def _step_nginx(echo: Echo) -> str:
         return f"already running (pid {pid}, not started by this testbed run, left alone)"
     NGINX_CONF.write_text(_nginx_config())
     base = ["/usr/sbin/nginx", "-e", str(NGINX_ERROR_LOG), "-c", str(NGINX_CONF)]
-    note = _set_aside_broken_sites(base)
+    note = _set_aside_broken_sites(base) + _remove_stale_sockets()
     _run([*base, "-t", "-q"])
     pid, log = _spawn("nginx", [*base, "-g", "daemon off;"])
     _wait_for("nginx", lambda: _nginx_master() == pid, 10, pid, NGINX_ERROR_LOG)
@@ -1109,6 +1110,17 @@ def _set_aside_broken_sites(base: list[str]) -> str:
     for site in sites:
         site.rename(aside / site.name)
     return f", {len(sites)} site(s) failing nginx -t moved to {aside}"
+
+
+def _remove_stale_sockets() -> str:
+    """What a killed nginx (or a session that ended) left: socket files its sites listen on, which
+    nginx cannot bind again. No nginx of ours runs here, so none is live (on a server, the systemd
+    drop-in deploytasks writes does the same)."""
+    stale = [Path(path) for site in NGINX_SITE_DIR.glob("*.conf")
+             for path in nginx.listened_sockets(site.read_text()) if Path(path).is_socket()]
+    for path in stale:
+        path.unlink()
+    return f", {len(stale)} stale socket(s) removed" if stale else ""
 
 
 def _check_nginx() -> tuple[bool, str]:

@@ -94,6 +94,40 @@ def test_nginx_master_is_alive():
     assert testbed.NGINX_SITE_DIR.is_dir()
 
 
+
+def test_nginx_starts_again_after_a_kill_left_its_unix_sockets(tmp_path):
+    """A killed nginx (or a CI session that ended) leaves the socket files of `listen unix:`;
+    nginx cannot bind them again, so testbed.up must remove them before starting it."""
+    sock = tmp_path / "relay.sock"
+    site = testbed.NGINX_SITE_DIR / "zz-killed-nginx-test.conf"
+    site.write_text(f"server {{\n    listen unix:{sock};\n    return 200 'relayed';\n}}\n")
+    conf = ["-c", str(testbed.NGINX_CONF)]
+    try:
+        subprocess.run(["nginx", *conf, "-s", "reload"], check=True)
+        _wait(sock.is_socket)
+        master = int((testbed.STATE_DIR / "nginx" / "nginx.pid").read_text())
+        os.killpg(os.getpgid(master), 9)  # master and workers, as when a session's processes are killed
+        _wait(lambda: subprocess.run(["pgrep", "-g", str(master)], capture_output=True).returncode == 1)
+        assert sock.is_socket(), "the kill left the socket file"
+        result = testbed._step_nginx(lambda *_: None)
+        assert "stale socket(s) removed" in result and "started" in result, result
+        answer = subprocess.run(["curl", "-sS", "-m", "5", "--unix-socket", str(sock), "http://app/"],
+                                capture_output=True, text=True, timeout=10)
+        assert answer.stdout == "relayed", answer
+    finally:
+        site.unlink(missing_ok=True)
+        if testbed._nginx_master():
+            subprocess.run(["nginx", *conf, "-s", "reload"], check=True)
+        else:
+            testbed._step_nginx(lambda *_: None)
+
+
+def _wait(condition, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {condition}"
+        time.sleep(0.1)
+
 def test_example_image_serves_over_a_unix_socket():
     v1 = testbed.EXAMPLE_VERSIONS["v1"]
     name = f"dt-it-{uuid.uuid4().hex[:8]}"

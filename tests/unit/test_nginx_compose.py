@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -235,6 +236,45 @@ def test_install_step_validates_before_reload(local_config):
     script = install.argv[2]
     assert script.index("nginx -t") < script.index("nginx -s reload")
 
+
+
+def test_a_relayed_site_removes_stale_relay_sockets_and_keeps_nginx_startable(relayed_config):
+    """A killed nginx leaves its relay sockets behind; neither a reload nor a start may trip on them."""
+    step = nginx.install_step(relayed_config, "/srv/example/releases/r1/nginx/site.conf")
+    sockets = ("/srv/example/run/blue/web.relay.sock", "/srv/example/run/green/web.relay.sock")
+    assert tuple(nginx.relay_sockets(relayed_config)) == sockets
+    assert tuple(nginx.listened_sockets(nginx.site(relayed_config))) == sockets, "what the site listens on"
+    stale, boot = step.actions[1:3]
+    assert stale.argv[-2:] == sockets and "ss -Hxl" in stale.argv[2]
+    assert boot.argv[3:] == ("sh", "/etc/systemd/system/nginx.service.d/deploytasks-srv-example.conf", *sockets)
+
+
+def test_the_boot_drop_in_is_written_once_where_systemd_runs(tmp_path, relayed_config):
+    """Run the drop-in script for real, with a stand-in for systemd's run directory and systemctl."""
+    boot = nginx.install_step(relayed_config, "/x/site.conf").actions[2]
+    systemd, bin_dir, dropin = tmp_path / "systemd", tmp_path / "bin", tmp_path / "nginx.service.d" / "a.conf"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/systemctl.log\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    script = boot.argv[2].replace("/run/systemd/system", str(systemd))
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+    def run():
+        return subprocess.run(["sh", "-c", script, "sh", str(dropin), "/s/blue.sock", "/s/green.sock"],
+                              env=env, capture_output=True, text=True, check=True).stdout
+
+    assert run() == "" and not dropin.exists(), "no systemd: nothing written"
+    systemd.mkdir()
+    assert "drop-in written" in run()
+    assert dropin.read_text().splitlines()[-1] == "ExecStartPre=-/bin/rm -f /s/blue.sock /s/green.sock"
+    assert run() == "", "unchanged: not rewritten, no daemon-reload"
+    assert (tmp_path / "systemctl.log").read_text() == "daemon-reload\n"
+
+
+def test_a_site_without_web_port_has_no_relay_sockets_to_clean(local_config):
+    step = nginx.install_step(local_config, "/x/site.conf")
+    assert nginx.relay_sockets(local_config) == [] and len(step.actions) == 3
+    assert nginx.listened_sockets(nginx.site(local_config)) == []
 
 # --- compose overlay --------------------------------------------------------------------------
 
