@@ -23,38 +23,55 @@ PROGRESS_EVERY = 10.0  # seconds between 'still waiting' lines
 
 @contextmanager
 def locked(remote: Remote, layout: Layout, task: str, sha: str | None, policy: lock.Policy = lock.Policy()):
-    """Hold the host's deploy lock for the block. It is kept (for the next deploy to take over
-    once nothing it registered runs) on a hard abort (a second Ctrl-C), when the connection was
-    lost under a migration, and when it is no longer ours; else released."""
+    """Hold the host's deploy lock for the block (see Held.end for when it is kept)."""
+    held = take(remote, layout, task, sha, policy)
+    try:
+        yield held.info
+    except BaseException as error:
+        held.end(error)
+        raise
+    held.end(None)
+
+
+def take(remote: Remote, layout: Layout, task: str, sha: str | None, policy: lock.Policy = lock.Policy()) -> Held:
+    """Take the host's deploy lock (breaking it first with --force-unlock) and start its lease."""
     if policy.force_unlock:
         force_unlock(remote, layout, policy.force)
-    info = acquire(remote, layout, lock.owner(task, sha), policy.wait)
-    lease = Lease(remote, layout, info)
-    lease.start()
-    keep = detached = False
-    try:
-        yield info
-    except KeyboardInterrupt:
-        keep = True
-        remote.console("! aborted mid-step: the deploy lock is kept, as the host may be half-way through a "
-                       "command; the next deploy takes it over once this connection is gone and nothing it "
-                       "registered still runs (`status` shows it)")
-        raise
-    except Detached:
-        keep = detached = True
-        remote.console("! the connection was lost while the migration ran: it keeps running on the host, "
-                       "registered in the deploy lock, which stays held; nothing was undone; the next deploy "
-                       "takes the lock over once it has ended (`status` shows it)")
-        raise
-    except LockLost:
-        keep = True  # not ours to release
-        raise
-    finally:
-        lease.stop()
+    held = Held(remote, layout, acquire(remote, layout, lock.owner(task, sha), policy.wait))
+    held.lease.start()
+    return held
+
+
+class Held:
+    """A deploy lock this task holds on one host, its lease renewed until `end`."""
+
+    def __init__(self, remote: Remote, layout: Layout, info: dict):
+        self.remote, self.layout, self.info = remote, layout, info
+        self.lease = Lease(remote, layout, info)
+
+    def end(self, error: BaseException | None) -> None:
+        """Release the lock, except: on a hard abort (a second Ctrl-C) it is kept, for the next
+        deploy to take over once nothing it registered runs; when the connection was lost under a
+        migration it is left to that migration; when it is no longer ours it is not touched."""
+        remote = self.remote
+        keep = detached = False
+        if isinstance(error, KeyboardInterrupt):
+            keep = True
+            remote.console("! aborted mid-step: the deploy lock is kept, as the host may be half-way through a "
+                           "command; the next deploy takes it over once this connection is gone and nothing it "
+                           "registered still runs (`status` shows it)")
+        elif isinstance(error, Detached):
+            keep = detached = True
+            remote.console("! the connection was lost while the migration ran: it keeps running on the host, "
+                           "registered in the deploy lock, which stays held; nothing was undone; the next deploy "
+                           "takes the lock over once it has ended (`status` shows it)")
+        elif isinstance(error, LockLost):
+            keep = True  # not ours to release
+        self.lease.stop()
         if detached:
-            leave(remote, layout, info)
+            leave(remote, self.layout, self.info)
         elif not keep:
-            release(remote, layout, info)
+            release(remote, self.layout, self.info)
 
 
 def acquire(remote: Remote, layout: Layout, info: dict, wait: float = 0.0) -> dict:

@@ -6,20 +6,20 @@ first failure stops the rollout, so a bad release reaches one host at most.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+import uuid
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import backends, deploys, history, holder, lock, maintenance, nginx, phases, progress, releases, shas
+from . import backends, deploys, history, holder, lock, locking, maintenance, nginx, phases, progress, releases, rollout, shas
 from .config import Config
 from .remote.connection import connect
 from .remote.console import Console
 from .errors import ConfigError, ConnectError, DeployError, StepFailed
-from .remote.executor import Detached, Interrupt, Interrupted, Remote, execute, interruptible
+from .remote.executor import Detached, Interrupt, Remote, Run, interruptible
 from .remote.transport import TransportError
 from .facts import HostState, parse, read_command, release_sha
 from .layout import Layout
-from .locking import locked
 from .plan import Plan
 
 
@@ -51,39 +51,116 @@ def read_state(remote: Remote, config: Config) -> HostState:
     return parse(remote.check(command, "reading the host's state"))
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """How a task goes over several hosts: `batch` hosts (N, or N%) switched at a time, `wait`
+    seconds between batches, and whether a failure switches the hosts already done back."""
+
+    batch: str | int | None = None
+    wait: float = 0.0
+    rollback: bool = True
+
+    @classmethod
+    def of(cls, batch: str | int | None = None, wait: object = 0, rollback: bool = True) -> Rollout:
+        """The CLI's options, checked before any connection opens."""
+        try:
+            seconds = float(wait or 0)
+        except (TypeError, ValueError):
+            seconds = -1.0
+        if not 0 <= seconds <= 3600:
+            raise ConfigError(f"--batch-wait {wait!r}: seconds between batches, 0 to 3600")
+        rollout.batches(["a"], batch)  # refuses a malformed --batch
+        return cls(batch, seconds, rollback)
+
+
 def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = True, force_unlock: bool = False,
            force: bool = False, lock_wait: float = 0, kind: str = "deploy", window: bool = False, fast: bool = False,
-           echo: Callable[[str], None] = print) -> dict[str, str]:
+           over: Rollout = Rollout(), note: dict | None = None, echo: Callable[[str], None] = print) -> dict[str, str]:
     """Deploy `sha` to every host of the target; returns host -> SHA now serving. `window`:
     switch inside a maintenance window (for migrations the old version cannot run beside).
     `fast` (process releases): reuse dependencies and builds whose inputs did not change.
-    `force_unlock`, `force`, `lock_wait`: what to do about a held lock (lock.policy)."""
+    `force_unlock`, `force`, `lock_wait`: what to do about a held lock (lock.policy). `over`:
+    batches over several hosts; the migration runs once, on the first host. `note`: recorded in
+    each host's history line (a promotion's source)."""
     policy = lock.policy(force_unlock, force, lock_wait)
     config = target.config
     backend = backends.of(config, shas.check(sha), fast=fast)  # the artifact exists: checked before connecting
     if window and not backend.windows:
         raise ConfigError("--maintenance is for container releases (MODE=containers)")
+    if window and len(target.hosts) > 1:
+        raise ConfigError("--maintenance deploys one host at a time: run it with -H HOST for each host")
     sha = backend.sha
 
-    def plan_for(state: HostState) -> Plan:
-        return deploys.deploy(config, state, backend, sha, releases.name(sha), migrate=migrate, kind=kind,
-                              window=window)
+    def plan_for(state: HostState, primary: bool) -> Plan:
+        return deploys.deploy(config, state, backend, sha, releases.name(sha), migrate=migrate and primary,
+                              kind=kind, window=window)
 
-    return _each_host(target, kind, sha, plan_for, dry_run=dry_run, policy=policy, echo=echo)
+    return _each_host(target, kind, sha, plan_for, dry_run=dry_run, policy=policy, echo=echo, over=over, note=note)
 
 
 def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dry_run: bool = False,
-             force_unlock: bool = False, force: bool = False, lock_wait: float = 0,
+             force_unlock: bool = False, force: bool = False, lock_wait: float = 0, over: Rollout = Rollout(),
              echo: Callable[[str], None] = print) -> dict[str, str]:
-    """Without `to`: back to the colour that served before. With `to`: redeploy an earlier SHA
-    from history, without migrations unless asked (process releases reuse what they can)."""
+    """Without `to`: back to the colour that served before, refused unless that is the same
+    version on every host. With `to`: redeploy an earlier SHA every host served, without
+    migrations unless asked (process releases reuse what they can)."""
     if to:
         return deploy(target, to, dry_run=dry_run, migrate=migrate, force_unlock=force_unlock, force=force,
-                      lock_wait=lock_wait, kind="rollback", fast=target.config.mode == "processes", echo=echo)
+                      lock_wait=lock_wait, kind="rollback", fast=target.config.mode == "processes", over=over,
+                      echo=echo)
     policy = lock.policy(force_unlock, force, lock_wait)
     backend = backends.of(target.config)
-    return _each_host(target, "rollback", None, lambda state: deploys.rollback(target.config, state, backend),
-                      dry_run=dry_run, policy=policy, echo=echo)
+    return _each_host(target, "rollback", None, lambda state, primary: deploys.rollback(target.config, state, backend),
+                      dry_run=dry_run, policy=policy, echo=echo, over=over)
+
+
+def promote(source: Target, target: Target, sha: str, *, force: bool = False, dry_run: bool = False,
+            force_unlock: bool = False, unlock_force: bool = False, lock_wait: float = 0, over: Rollout = Rollout(),
+            echo: Callable[[str], None] = print) -> dict[str, str]:
+    """Deploy to `target` exactly what `source` ran for `sha`: the same images by SHA (or the same
+    commit), never rebuilt, and only once `source`'s history shows it served there (`force`
+    skips that check, and the history line says so)."""
+    lock.policy(force_unlock, unlock_force, lock_wait)
+    problems = same_artifacts(source.config, target.config)
+    if problems:
+        raise ConfigError(f"{target.config.env} does not deploy what {source.config.env} runs", problems)
+    full = backends.of(target.config, shas.check(sha)).sha  # resolved, and its artifact exists
+    if force:
+        echo(f"! --force: not checking that {source.config.env} served {full}")
+    else:
+        never = [host for host, history_ in _histories(source).items() if not history.served(history_, full)]
+        if never:
+            raise DeployError(f"{source.config.env} never served {full} (no successful deploy of it in the history "
+                              f"of {', '.join(never)}): promote ships only what {source.config.env} ran; "
+                              "--force skips this check")
+    note = {"promoted_from": source.config.env, **({"forced": True} if force else {})}
+    return deploy(target, full, dry_run=dry_run, force_unlock=force_unlock, force=unlock_force, lock_wait=lock_wait,
+                  over=over, note=note, echo=echo)
+
+
+def same_artifacts(source: Config, target: Config) -> list[str]:
+    """Why `target` would not run what `source` ran for a SHA: another kind of release, other
+    images, or another directory of the repository."""
+    if source.mode != target.mode:
+        return [f"MODE: {source.env} is {source.mode}, {target.env} is {target.mode}"]
+    if source.processes and target.processes:  # a commit is the same commit in every clone
+        if source.processes.source_path != target.processes.source_path:
+            return [f"SOURCE_PATH: {source.env} has {source.processes.source_path!r}, "
+                    f"{target.env} {target.processes.source_path!r}"]
+        return []
+    return [f"IMAGE_{service.upper()}: {source.env} has {source.images.get(service) or 'none'}, "
+            f"{target.env} {target.images.get(service) or 'none'}"
+            for service in sorted({*source.images, *target.images})
+            if source.images.get(service) != target.images.get(service)]
+
+
+def _histories(target: Target) -> dict[str, tuple[dict, ...]]:
+    """Each host's deploy history, read without the lock (nothing is changed)."""
+    found = {}
+    for host in target.hosts:
+        with session(target, host) as remote:
+            found[host] = read_state(remote, target.config).history
+    return found
 
 
 def set_maintenance(target: Target, on: bool, *, dry_run: bool = False, force_unlock: bool = False,
@@ -91,75 +168,166 @@ def set_maintenance(target: Target, on: bool, *, dry_run: bool = False, force_un
     """maintenance-on / maintenance-off on every host; takes the deploy lock so it cannot race a deploy."""
     policy = lock.policy(force_unlock, force, lock_wait)
     kind = "maintenance-on" if on else "maintenance-off"
-    _each_host(target, kind, None, lambda state: maintenance.toggle(target.config, state, on),
+    _each_host(target, kind, None, lambda state, primary: maintenance.toggle(target.config, state, on),
                dry_run=dry_run, policy=policy, echo=echo)
 
 
-def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[HostState], Plan], *,
-               dry_run: bool, policy: lock.Policy, echo) -> dict[str, str]:
+def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[HostState, bool], Plan], *,
+               dry_run: bool, policy: lock.Policy, echo, over: Rollout = Rollout(),
+               note: dict | None = None) -> dict[str, str]:
+    """Lock every host (all or none), plan each from its own state (the first host's plan alone
+    migrates), then the rollout (rollout.py), then each host's history. `plan_for(state, primary)`."""
+    if dry_run:
+        _dry_run(target, plan_for)
+        return {}
+    order = rollout.batches(target.hosts, over.batch)  # a bad --batch is refused before connecting
     layout = Layout.of(target.config)
-    serving: dict[str, str] = {}
-    with interruptible() as interrupt:
-        for host in target.hosts:
-            if interrupt:
-                raise Interrupted(f"interrupted: stopped before {host}; done: {', '.join(serving) or 'no host'}")
-            with session(target, host, interrupt) as remote:
-                if dry_run:
-                    plan = plan_for(read_state(remote, target.config))
-                    remote.console(f"dry run: {plan.kind} {plan.sha} to {plan.summary.get('colour')}; "
-                                   "nothing will be changed")
-                    for line in plan.describe():
-                        remote.console(line)
-                    continue
-                with locked(remote, layout, kind, sha, policy) as owner:
-                    state = read_state(remote, target.config)
-                    if kind == "rollback" and sha and not history.served(state.history, sha):
-                        raise DeployError(f"{host}: {sha} never served here (not in the history as a successful "
-                                          "deploy); use deploy --sha to ship it")
-                    plan = plan_for(state)
-                    if progress.unrecorded(state.in_progress, owner):
-                        step = (owner.get("took_over") or {}).get("step")
-                        remote.run(history.append_argv(layout, progress.obituary(state.in_progress, kind, step,
-                                                                                 state.now or time.time())))
-                    serving[host] = _run_and_record(remote, layout, plan, owner)
-    if not dry_run and any(serving.values()):
+    fleet = uuid.uuid4().hex[:12] if len(target.hosts) > 1 else None
+    members: list[Crew] = []
+    aborted: BaseException | None = None
+    with interruptible() as interrupt, ExitStack() as sessions:
+        try:
+            for host in target.hosts:  # connect and lock one host after the other: all or none
+                remote = sessions.enter_context(session(target, host, interrupt))
+                members.append(Crew(remote, locking.take(remote, layout, kind, sha, policy)))
+            states = _read_states(members, target.config)
+            plans = [plan_for(state, index == 0) for index, state in enumerate(states)]
+            _check_fleet(kind, sha, members, states, plans)
+            for crew, state, plan in zip(members, states, plans):
+                crew.begin(layout, kind, state, plan, {**({"fleet": fleet} if fleet else {}), **(note or {})})
+            try:
+                rollout.roll([crew.member for crew in members], order, batch_wait=over.wait,
+                             rollback=over.rollback, echo=echo)
+            finally:
+                for crew in members:
+                    crew.record(layout)
+                if len(members) > 1:
+                    for line in rollout.table([c.member for c in members], {c.host: c.before for c in members},
+                                              {c.host: c.now for c in members}):
+                        echo(line)
+        except KeyboardInterrupt as error:
+            aborted = error
+            raise
+        finally:
+            for crew in members:
+                crew.held.end(aborted or (crew.member.error if crew.member else None))
+    serving = {crew.host: crew.plan.sha for crew in members}
+    if any(serving.values()):
         echo("summary: " + ", ".join(f"{host} serves {sha}" for host, sha in serving.items()))
     return serving
 
 
-def _run_and_record(remote: Remote, layout: Layout, plan: Plan, owner: dict) -> str:
-    started = time.time()
-    colour = plan.summary.get("colour")
-    if plan.sha:
-        remote.console(f"{plan.kind} {plan.sha} -> {colour} (was {plan.summary.get('previous') or 'nothing'})")
-    # the step under way is in the lock's lease; the marker outlives the lock, so a deploy that
-    # never finished is still named after its lock was released or taken over
-    remote.run(progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner, progress.STARTED, started)))
-    try:
-        outcome = execute(remote, plan)
-    except StepFailed as failure:
-        ended = "lost" if isinstance(failure, Detached) else "failed"  # lost: the migration may still run
-        reason = remote.console.mask(str(failure).splitlines()[0])[:300]
-        outcome = ended if failure.undone else "failed, not undone"
-        left = progress.UNDO_FAILED if not failure.undone else progress.LOST if ended == "lost" else None
+def _dry_run(target: Target, plan_for: Callable[[HostState, bool], Plan]) -> None:
+    for index, host in enumerate(target.hosts):
+        with session(target, host) as remote:
+            plan = plan_for(read_state(remote, target.config), index == 0)
+            remote.console(f"dry run: {plan.kind} {plan.sha} to {plan.summary.get('colour')}; nothing will be changed")
+            for line in plan.describe():
+                remote.console(line)
+
+
+def _read_states(members: list[Crew], config: Config) -> list[HostState]:
+    return [read_state(crew.remote, config) for crew in members]
+
+
+def _check_fleet(kind: str, sha: str | None, members: list[Crew], states: list[HostState], plans: list[Plan]) -> None:
+    """Before anything changes: a rollback --to SHA every host served, and a rollback that takes
+    every host to the same version."""
+    if kind == "rollback" and sha:
+        never = [crew.host for crew, state in zip(members, states) if not history.served(state.history, sha)]
+        if never:
+            raise DeployError(f"{', '.join(never)}: {sha} never served here (not in the history as a successful "
+                              "deploy); use deploy --sha to ship it")
+    if kind == "rollback" and not sha and len({plan.sha for plan in plans}) > 1:
+        targets = ", ".join(f"{crew.host} -> {plan.sha}" for crew, plan in zip(members, plans))
+        common = [good for good in history.last_good(states[0].history)
+                  if all(history.served(state.history, good) for state in states[1:])
+                  and not all(shas.same(good, release_sha(state.release_of(state.live))) for state in states)]
+        hint = (f"rollback --to {common[0]} (served by every host)" if common else
+                "deploy --sha SHA (no earlier version was served by every host)")
+        raise DeployError(f"the hosts would go back to different versions ({targets}): refused; use {hint}")
+
+
+class Crew:
+    """One host of a task: its connection, its lock, and its run of the plan."""
+
+    def __init__(self, remote: Remote, held: locking.Held):
+        self.remote, self.held = remote, held
+        self.host = remote.host
+        self.member: rollout.Member | None = None
+        self.plan: Plan | None = None
+        self.before: str | None = None
+        self.started = time.time()
+        self.note: dict = {}
+
+    @property
+    def now(self) -> str | None:
+        """What the host serves after the rollout: the new SHA unless it went back or never switched."""
+        if self.member is None or self.plan is None:
+            return self.before
+        return self.plan.sha if self.member.outcome in (rollout.OK, rollout.KEPT) else self.before
+
+    def begin(self, layout: Layout, kind: str, state: HostState, plan: Plan, note: dict) -> None:
+        """The dead deploy's obituary if one is owed, the header line, and the in-progress marker."""
+        remote, owner = self.remote, self.held.info
+        if progress.unrecorded(state.in_progress, owner):
+            step = (owner.get("took_over") or {}).get("step")
+            remote.run(history.append_argv(layout, progress.obituary(state.in_progress, kind, step,
+                                                                     state.now or time.time())))
+        self.plan, self.note, self.before = plan, note, release_sha(state.release_of(state.live))
+        self.started = time.time()
+        if plan.sha:
+            remote.console(f"{plan.kind} {plan.sha} -> {plan.summary.get('colour')} "
+                           f"(was {plan.summary.get('previous') or 'nothing'})")
+        # the step under way is in the lock's lease; the marker outlives the lock, so a deploy that
+        # never finished is still named after its lock was released or taken over
+        remote.run(progress.mark_argv(layout, self._marker(progress.STARTED)))
+        self.member = rollout.Member(self.host, Run(remote, plan))
+
+    def _marker(self, step: str) -> dict:
+        return progress.record(self.plan.kind, self.plan.sha, self.plan.summary.get("colour"), self.held.info, step,
+                               self.started)
+
+    def record(self, layout: Layout) -> None:
+        """The host's history line for what became of it, and its marker cleared (or left saying
+        what the next deploy must know)."""
+        member, plan, remote = self.member, self.plan, self.remote
+        if member is None:
+            return
+        extra = dict(self.note)
+        colour = plan.summary.get("colour")
+        if member.outcome == rollout.OK or member.outcome == rollout.KEPT:
+            window = maintenance.window_seconds(member.run.outcome.steps)
+            extra.update({"window_s": window} if window is not None else {})
+            extra.update({"kept_after": member.because} if member.because else {})
+            record = history.entry(plan.kind, plan.sha, colour, self.held.info, "ok", self.started,
+                                   member.run.outcome.steps, warnings=member.run.outcome.warnings, **extra)
+            _record(remote, (history.append_argv(layout, record), progress.clear_argv(layout)), "the deploy")
+            if window is not None:
+                remote.console(f"maintenance window: {window:.2f}s")
+            remote.console(f"done: {plan.sha} serves from {colour} ({record['duration_s']}s)" if plan.sha
+                           else f"done: {plan.kind} ({record['duration_s']}s)")
+            return
+        failure = member.error
+        if member.outcome in (rollout.ROLLED_BACK, rollout.UNDONE):
+            outcome, left, reason = member.outcome, None, member.because
+            completed = [phase for phase, _ in member.run.outcome.steps]
+        else:
+            ended = "lost" if isinstance(failure, Detached) else "failed"  # lost: the migration may still run
+            undone = failure is not None and failure.undone
+            outcome = ended if undone else "failed, not undone"
+            left = progress.UNDO_FAILED if not undone else progress.LOST if ended == "lost" else None
+            reason = str(failure).splitlines()[0] if failure else "interrupted"
+            completed = failure.completed if failure else []
+        reason = remote.console.mask(reason)[:300]
         _record(remote, (
-            history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, owner, outcome, started, [],
-                                                      failed_after=failure.completed, reason=reason)),
-            progress.mark_argv(layout, progress.record(plan.kind, plan.sha, colour, owner, left, started))
-            if left else progress.clear_argv(layout)), "the failure")
-        if plan.summary.get("window") and phases.MIGRATE in failure.completed:
+            history.append_argv(layout, history.entry(plan.kind, plan.sha, colour, self.held.info, outcome,
+                                                      self.started, [], failed_after=completed, reason=reason,
+                                                      **extra)),
+            progress.mark_argv(layout, self._marker(left)) if left else progress.clear_argv(layout)), "the failure")
+        if failure and plan.summary.get("window") and phases.MIGRATE in completed:
             failure.details.append("the migration had already run: the previous version was started again on the "
                                    "new schema; see `status` for whether maintenance mode is still on")
-        raise
-    window = maintenance.window_seconds(outcome.steps)
-    record = history.entry(plan.kind, plan.sha, colour, owner, "ok", started, outcome.steps,
-                           warnings=outcome.warnings, **({"window_s": window} if window is not None else {}))
-    _record(remote, (history.append_argv(layout, record), progress.clear_argv(layout)), "the deploy")
-    if window is not None:
-        remote.console(f"maintenance window: {window:.2f}s")
-    remote.console(f"done: {plan.sha} serves from {colour} ({record['duration_s']}s)" if plan.sha
-                   else f"done: {plan.kind} ({record['duration_s']}s)")
-    return plan.sha
 
 
 def _record(remote: Remote, commands: tuple[tuple[str, ...], ...], what: str) -> None:

@@ -34,7 +34,7 @@ GITIGNORE_LINES = ("envs/*.env", "envs/*.app.env")  # env files name hosts; app.
 STATELESS, STATEFUL, LEFT_OUT = "stateless", "stateful", "left out"
 
 TASKS_PY = '''\
-"""Deploy tasks: `inv --list` (or `fab --list`) shows deploy, rollback, status, maintenance-on/off.
+"""Deploy tasks: `inv --list` (or `fab --list`) shows deploy, rollback, promote, status, maintenance-on/off.
 
 Tasks of your own join the same collection: define them here with `@invoke.task`, then
 `ns.add_task(your_task)`.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
 
 from invoke import Collection, Exit, task
@@ -37,14 +38,48 @@ def project_root(c) -> Path:
     return Path(prefix).resolve() if prefix else Path(os.getcwd()).resolve()
 
 
-def _target(c, env: str | None, accept_new_host_key: bool = False) -> operations.Target:
-    """`fab -H HOST`: that host, in the environment listing it. `inv`: every host of --env/DEPLOY_ENV."""
+def _target(c, env: str | None, accept_new_host_key: bool = False, task_name: str = "") -> operations.Target | None:
+    """`fab -H HOST`: that host, in the environment listing it; `fab -H a,b,c`: those hosts, as one
+    rollout. `inv`: every host of --env/DEPLOY_ENV. None: this host's part was done by the rollout
+    of an earlier call (fab calls a task once per -H host)."""
     root = project_root(c)
     host = getattr(c, "host", None)
     config = configuration.load(root, configuration.select_env(root, env, host))
-    if host and host not in config.hosts:
-        raise configuration.ConfigError(f"host {host!r} is not in HOSTS of environment {config.env!r}")
-    return operations.Target(config, (host,) if host else config.hosts, accept_new_host_key)
+    hosts = fab_hosts(sys.argv, host) if host else config.hosts
+    stray = [h for h in hosts if h not in config.hosts]
+    if stray:
+        raise configuration.ConfigError(f"host {', '.join(map(repr, stray))} {'is' if len(stray) == 1 else 'are'} "
+                                        f"not in HOSTS of environment {config.env!r}")
+    if host and (task_name, host) in _COVERED:
+        _COVERED.discard((task_name, host))
+        return None
+    _COVERED.update((task_name, h) for h in hosts if h != host)
+    return operations.Target(config, hosts, accept_new_host_key)
+
+
+_COVERED: set[tuple[str, str]] = set()  # (task, host) done by an earlier call's rollout
+
+
+def fab_hosts(argv: list[str], host: str) -> tuple[str, ...]:
+    """The hosts of `fab -H a,b,c` (user@ and :port dropped, as Fabric's Connection drops them),
+    beginning with `host`'s call; just `host` when it is not among them."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg in ("-H", "--hosts") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--hosts="):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-H") and len(arg) > 2:
+            value = arg[2:]
+    listed = tuple(dict.fromkeys(_hostname(h) for h in (value or "").split(",") if h.strip()))
+    return listed if host in listed else (host,)
+
+
+def _hostname(text: str) -> str:
+    name = text.strip().rsplit("@", 1)[-1]
+    if name.startswith("["):
+        return name[1:].split("]", 1)[0]
+    return name.rsplit(":", 1)[0] if name.count(":") == 1 else name
 
 
 COMMON_HELP = {
@@ -57,34 +92,71 @@ COMMON_HELP = {
     "accept-new-host-key": "trust and save the key an unknown host presents (check it first!)",
 }
 
+ROLLOUT_HELP = {
+    "batch": "several hosts: switch N hosts at a time, or N% of them (default 1: one host, then the next)",
+    "batch-wait": "several hosts: seconds to wait between batches (default 0)",
+    "no-rollback": "several hosts: on a failure, keep the hosts already switched on the new version "
+                   "(default: switch them back)",
+}
+
 
 @task(help={"sha": "git SHA whose images to deploy (7-40 hex)", "no-migrate": "skip the migration step",
             "maintenance": "switch inside a short maintenance window (migrations the old version cannot run beside)",
             "fast": "process releases: reuse dependencies and build outputs whose inputs did not change",
-            **COMMON_HELP})
+            **COMMON_HELP, **ROLLOUT_HELP})
 @friendly
 def deploy(c, sha, env=None, dry_run=False, no_migrate=False, maintenance=False, fast=False, force_unlock=False,
-           force=False, lock_wait=None, accept_new_host_key=False):
+           force=False, lock_wait=None, accept_new_host_key=False, batch=None, batch_wait=None, no_rollback=False):
     """Deploy a SHA blue/green with zero downtime (container images or process release)."""
-    operations.deploy(_target(c, env, accept_new_host_key), sha, dry_run=dry_run, migrate=not no_migrate,
-                      force_unlock=force_unlock, force=force, lock_wait=lock_wait, window=maintenance, fast=fast)
+    over = operations.Rollout.of(batch, batch_wait, not no_rollback)
+    target = _target(c, env, accept_new_host_key, "deploy")
+    if target:
+        operations.deploy(target, sha, dry_run=dry_run, migrate=not no_migrate,
+                          force_unlock=force_unlock, force=force, lock_wait=lock_wait, window=maintenance,
+                          fast=fast, over=over)
 
 
 @task(help={"to": "redeploy this earlier SHA from history instead of the previous colour",
-            "migrate": "with --to: run the migration step too", **COMMON_HELP})
+            "migrate": "with --to: run the migration step too", **COMMON_HELP, **ROLLOUT_HELP})
 @friendly
 def rollback(c, to=None, env=None, migrate=False, dry_run=False, force_unlock=False, force=False, lock_wait=None,
-             accept_new_host_key=False):
-    """Go back to the previous version (instant), or --to an earlier SHA."""
-    operations.rollback(_target(c, env, accept_new_host_key), to=to, migrate=migrate, dry_run=dry_run,
-                        force_unlock=force_unlock, force=force, lock_wait=lock_wait)
+             accept_new_host_key=False, batch=None, batch_wait=None, no_rollback=False):
+    """Go back to the previous version (instant) on every host, or --to an earlier SHA."""
+    over = operations.Rollout.of(batch, batch_wait, not no_rollback)
+    target = _target(c, env, accept_new_host_key, "rollback")
+    if target:
+        operations.rollback(target, to=to, migrate=migrate, dry_run=dry_run, force_unlock=force_unlock, force=force,
+                            lock_wait=lock_wait, over=over)
+
+
+@task(help={"sha": "the SHA to promote (7-40 hex): it must have served in the source environment",
+            "from": "the environment that ran it (default: staging)",
+            "to": "the environment to deploy it to (default: production)",
+            "force": "skip the check that the source environment served the SHA (recorded in the history)",
+            "dry-run": COMMON_HELP["dry-run"], "force-unlock": COMMON_HELP["force-unlock"],
+            "lock-wait": COMMON_HELP["lock-wait"], "accept-new-host-key": COMMON_HELP["accept-new-host-key"],
+            **ROLLOUT_HELP},
+)
+@friendly
+def promote(c, sha, from_="staging", to="production", force=False, dry_run=False, force_unlock=False, lock_wait=None,
+            accept_new_host_key=False, batch=None, batch_wait=None, no_rollback=False):
+    """Deploy to production exactly the images (or commit) staging ran for a SHA; never rebuilds."""
+    over = operations.Rollout.of(batch, batch_wait, not no_rollback)
+    root = project_root(c)
+    source = configuration.load(root, from_)
+    target = configuration.load(root, to)
+    operations.promote(operations.Target(source, source.hosts, accept_new_host_key),
+                       operations.Target(target, target.hosts, accept_new_host_key), sha, force=force,
+                       dry_run=dry_run, force_unlock=force_unlock, lock_wait=lock_wait, over=over)
 
 
 @task(help={"env": COMMON_HELP["env"], "accept-new-host-key": COMMON_HELP["accept-new-host-key"]})
 @friendly
 def status(c, env=None, accept_new_host_key=False):
     """Show what runs on each host: colour, SHA, health, lock, recent deploys."""
-    operations.status(_target(c, env, accept_new_host_key))
+    target = _target(c, env, accept_new_host_key, "status")
+    if target:
+        operations.status(target)
 
 
 MAINTENANCE_HELP = {k: COMMON_HELP[k] for k in ("env", "dry-run", "force-unlock", "force", "lock-wait",
@@ -96,8 +168,10 @@ MAINTENANCE_HELP = {k: COMMON_HELP[k] for k in ("env", "dry-run", "force-unlock"
 def maintenance_on(c, env=None, dry_run=False, force_unlock=False, force=False, lock_wait=None,
                    accept_new_host_key=False):
     """Serve the maintenance page (503 + Retry-After) to everyone but the allowlist."""
-    operations.set_maintenance(_target(c, env, accept_new_host_key), True, dry_run=dry_run, force_unlock=force_unlock,
-                               force=force, lock_wait=lock_wait)
+    target = _target(c, env, accept_new_host_key, "maintenance-on")
+    if target:
+        operations.set_maintenance(target, True, dry_run=dry_run, force_unlock=force_unlock, force=force,
+                                   lock_wait=lock_wait)
 
 
 @task(help=MAINTENANCE_HELP)
@@ -105,11 +179,13 @@ def maintenance_on(c, env=None, dry_run=False, force_unlock=False, force=False, 
 def maintenance_off(c, env=None, dry_run=False, force_unlock=False, force=False, lock_wait=None,
                     accept_new_host_key=False):
     """Stop serving the maintenance page."""
-    operations.set_maintenance(_target(c, env, accept_new_host_key), False, dry_run=dry_run, force_unlock=force_unlock,
-                               force=force, lock_wait=lock_wait)
+    target = _target(c, env, accept_new_host_key, "maintenance-off")
+    if target:
+        operations.set_maintenance(target, False, dry_run=dry_run, force_unlock=force_unlock, force=force,
+                                   lock_wait=lock_wait)
 
 
-TASKS = (deploy, rollback, status, maintenance_on, maintenance_off)
+TASKS = (deploy, rollback, promote, status, maintenance_on, maintenance_off)
 
 
 def collection() -> Collection:

@@ -64,9 +64,10 @@ class MemoryTransport:
         return [call for call in self.calls if isinstance(call, Written)]
 
     def answer(self, match: Match, exited: int = 0, stdout: str = "", stderr: str = "", *,
-               times: int | None = None) -> MemoryTransport:
-        """Answer matching commands so; `times`: only the next that many, then later answers apply."""
-        self._answers.append(_Answer(match, Result(exited, stdout, stderr), times))
+               times: int | None = None, first: bool = False) -> MemoryTransport:
+        """Answer matching commands so; `times`: only the next that many, then later answers apply;
+        `first`: before the answers given earlier (which are asked in the order they were given)."""
+        self._answers.insert(0 if first else len(self._answers), _Answer(match, Result(exited, stdout, stderr), times))
         return self
 
     def drop(self, match: Match | None = None, *, call: int | None = None, stays: bool = False) -> MemoryTransport:

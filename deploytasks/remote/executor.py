@@ -196,9 +196,51 @@ def ending(result: Result) -> str:
 
 def execute(remote: Remote, plan: Plan) -> Outcome:
     """Run every step; on failure undo what was done (newest first) and raise StepFailed."""
-    outcome = Outcome()
-    done: list[Step] = []
-    for step in plan.steps:
+    return Run(remote, plan).through()
+
+
+class Run:
+    """A plan run in parts. What the parts did stays undoable until the run is undone, so a
+    rollout can prepare every host, switch them batch by batch, and still switch back the hosts
+    of an earlier batch when a later one fails. A step that fails undoes the whole run at once."""
+
+    def __init__(self, remote: Remote, plan: Plan):
+        self.remote, self.plan = remote, plan
+        self.outcome = Outcome()
+        self.done: list[Step] = []  # what an undo would take back
+        self.position = 0  # the next step to run
+
+    @property
+    def finished(self) -> bool:
+        return self.position == len(self.plan.steps)
+
+    @property
+    def phases(self) -> list[str]:
+        return [step.phase for step in self.done]
+
+    def before(self, phase: str) -> Outcome:
+        """The steps up to the first one of `phase` (all of them if the plan has none)."""
+        while not self.finished and self.plan.steps[self.position].phase != phase:
+            self._step(self.plan.steps[self.position])
+        return self.outcome
+
+    def through(self, phase: str | None = None) -> Outcome:
+        """The steps up to and including the one of `phase` (None: to the end)."""
+        while not self.finished:
+            step = self.plan.steps[self.position]
+            self._step(step)
+            if step.phase == phase:
+                break
+        return self.outcome
+
+    def undo(self) -> bool:
+        """Undo every step this run did, newest first (traffic back first, for a switched host)."""
+        undone = _undo(self.remote, self.done)
+        self.done = []
+        return undone
+
+    def _step(self, step: Step) -> None:
+        remote = self.remote
         started = time.monotonic()
         remote.step = step.name
         remote.console(f"-> {step.name}")
@@ -214,24 +256,26 @@ def execute(remote: Remote, plan: Plan) -> Outcome:
                 raise StepFailed(f"{remote.host}: {step.name}: {error}") from error
         except StepFailed as failure:
             if isinstance(failure, (LockLost, Detached)):  # the host is not ours to undo on
-                failure.completed = [s.phase for s in done]
+                failure.completed = self.phases
                 raise
             if step.best_effort:
-                outcome.warnings.append(f"{step.name}: {failure}")
+                self.outcome.warnings.append(f"{step.name}: {failure}")
                 remote.console(f"   ! {step.name} failed after the switch (the new version serves): {failure}")
-                continue
+                self.position += 1
+                return
             if not isinstance(failure, Interrupted):
                 _diagnose(remote, step)
-            failure.undone = _undo(remote, done + [step])
-            failure.completed = [s.phase for s in done]
+            failure.completed = self.phases
+            failure.undone = _undo(remote, self.done + [step])
+            self.done = []
             if not failure.undone:
                 failure.details.append(UNDO_BLOCKED)
             raise
         seconds = time.monotonic() - started
-        outcome.steps.append((step.phase, seconds))
+        self.outcome.steps.append((step.phase, seconds))
         remote.console(f"   ok {step.name} ({seconds:.1f}s)")
-        done.append(step)
-    return outcome
+        self.done.append(step)
+        self.position += 1
 
 
 def _perform(remote: Remote, action) -> None:

@@ -39,7 +39,7 @@ def test_a_switch_that_cannot_be_undone_keeps_the_new_colour_serving(fresh_host,
     operations.deploy(target, sha("v1"))
     new = sha("v2")
 
-    def plan_for(state):
+    def plan_for(state, primary=True):
         """The real v2 plan, with two faults after the switch: the run directory becomes immutable
         (so traffic cannot be put back) and the check through nginx fails."""
         plan = deploys.deploy(config, state, Containers(config, new), new, releases.name(new))

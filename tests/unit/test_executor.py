@@ -541,14 +541,14 @@ def test_the_second_signal_of_either_kind_aborts_at_once_and_says_so_once(capsys
 
 
 def test_a_hard_abort_inside_the_lock_keeps_the_lock(local_config, capsys):
-    from deploytasks import operations
+    from deploytasks import locking
     from deploytasks.layout import Layout
 
     transport, out = MemoryTransport("web1"), io.StringIO()
     with pytest.raises(KeyboardInterrupt):
         with executor.interruptible() as interrupt:
             remote = Remote(transport, Console("web1", stream=out), interrupt)
-            with operations.locked(remote, Layout.of(local_config), "deploy", SHA):
+            with locking.locked(remote, Layout.of(local_config), "deploy", SHA):
                 _signal(signal.SIGTERM)
                 _signal(signal.SIGTERM)
     assert "mktemp" in transport.commands[0], "taken"

@@ -196,3 +196,33 @@ def test_inv_and_fab_list_the_same_tasks():
     assert {"deploy", "rollback", "status", "maintenance-on", "maintenance-off", "test", "demo", "bench",
             "testbed.up", "testbed.down", "testbed.status"} <= set(inv_names)
     assert out["inv", "text"] == out["fab", "text"]  # the plain listing is identical too
+
+
+def test_fab_with_several_hosts_is_one_rollout_run_by_the_first_call(bad_root, monkeypatch):
+    """fab calls a task once per -H host: the first call rolls out to all of them, the others do nothing."""
+    monkeypatch.setattr(sys, "argv", ["fab", "-H", "root@app1.example.com:22,10.0.0.5", "status", "--env", "good"])
+    monkeypatch.setattr(tasks, "_COVERED", set())
+    calls = []
+
+    class First(Context):
+        host = "app1.example.com"
+
+    class Second(Context):
+        host = "10.0.0.5"
+
+    calls.append(tasks._target(First(), None, task_name="status"))
+    calls.append(tasks._target(Second(), None, task_name="status"))
+    assert calls[0].hosts == ("app1.example.com", "10.0.0.5") and calls[1] is None
+    again = tasks._target(Second(), None, task_name="status")
+    assert again.hosts == ("app1.example.com", "10.0.0.5"), "a second `status` on the command line runs again"
+
+
+@pytest.mark.parametrize("argv, host, expected", [
+    (["fab", "-H", "a,b,c", "deploy"], "a", ("a", "b", "c")),
+    (["fab", "--hosts=a,b", "deploy"], "b", ("a", "b")),
+    (["fab", "-Hroot@a:2222,[::1]:22", "deploy"], "::1", ("a", "::1")),
+    (["fab", "-H", "a", "deploy"], "a", ("a",)),
+    (["fab", "deploy"], "x", ("x",)),
+])
+def test_fab_hosts_reads_fabrics_host_list(argv, host, expected):
+    assert tasks.fab_hosts(argv, host) == expected
