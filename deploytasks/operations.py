@@ -1,7 +1,7 @@
-"""What each task does, host by host: validate, connect, lock, read facts, plan, execute, record.
+"""What each task does: validate, connect, lock, read facts, plan, execute, record.
 
-Validation happens before the first connection; hosts are deployed one after another and the
-first failure stops the rollout, so a bad release reaches one host at most.
+Validation happens before the first connection. Several hosts are one rollout (rollout.py):
+every lock first, all hosts prepared at once, switched in batches, switched back together.
 """
 from __future__ import annotations
 
@@ -345,13 +345,15 @@ def _record(remote: Remote, commands: tuple[tuple[str, ...], ...], what: str) ->
     remote.console(f"! could not record {what} in the host's history")
 
 
-def status(target: Target) -> None:
-    """Every host's state; a host that cannot be read is reported and the others still shown."""
+def status(target: Target, echo: Callable[[str], None] = print) -> None:
+    """Every host's state; a host that cannot be read is reported and the others still shown.
+    With several hosts, a table side by side ends it, and hosts that differ are flagged."""
     unreachable, broken = [], []
+    states: dict[str, HostState] = {}
     for host in target.hosts:
         try:
             with session(target, host) as remote:
-                state = read_state(remote, target.config)
+                state = states[host] = read_state(remote, target.config)
                 for line in describe_state(target.config, state):
                     remote.console(line)
                 broken += [f"{host}: {problem}" for problem in problems(target.config, state)]
@@ -360,10 +362,43 @@ def status(target: Target) -> None:
                 raise
             Console(host)(f"cannot read: {error}")
             unreachable.append(host)
+    if len(target.hosts) > 1:
+        for line in fleet_table(target.hosts, states):
+            echo(line)
+        broken += fleet_problems(states)
     if unreachable:
         raise ConnectError(f"{len(unreachable)} of {len(target.hosts)} host(s) could not be read", unreachable)
     if broken:
         raise DeployError("the host needs attention" if len(broken) == 1 else "hosts need attention", broken)
+
+
+def fleet_table(hosts: tuple[str, ...], states: dict[str, HostState]) -> list[str]:
+    """The hosts side by side: what each serves, from which colour, and its last deploy."""
+    rows = [("host", "serving", "colour", "maintenance", "lock", "last deploy")]
+    for host in hosts:
+        state = states.get(host)
+        if state is None:
+            rows.append((host, "?", "?", "?", "?", "could not be read"))
+            continue
+        last = state.history[-1] if state.history else {}
+        rows.append((host, (release_sha(state.release_of(state.live)) or "-")[:12], state.live or "-",
+                     "on" if state.maintenance else "off", "held" if state.lock else "-",
+                     f"{last.get('kind', '')} {str(last.get('sha') or '')[:12]} {last.get('outcome', '')}".strip()
+                     or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    serving = {row[1] for row in rows[1:] if row[1] != "?"}
+    return lines + ([f"!! the hosts serve different versions: {', '.join(sorted(serving))}"] if len(serving) > 1 else [])
+
+
+def fleet_problems(states: dict[str, HostState]) -> list[str]:
+    """Hosts of one environment that serve different versions (a rollout stopped half way, or
+    kept with --no-rollback): `deploy` or `rollback --to` brings them together."""
+    serving = {host: release_sha(state.release_of(state.live)) for host, state in states.items()}
+    if len(set(serving.values())) <= 1:
+        return []
+    listing = ", ".join(f"{host} {(sha or 'nothing')[:12]}" for host, sha in serving.items())
+    return [f"the hosts serve different versions ({listing}): deploy one SHA to all, or rollback --to one"]
 
 
 def problems(config: Config, state: HostState) -> list[str]:

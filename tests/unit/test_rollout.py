@@ -223,3 +223,24 @@ def test_a_fleet_rollback_to_different_versions_is_refused(fleet, config):
     with pytest.raises(DeployError, match=f"different versions .*rollback --to {old}"):
         operations.rollback(target(config))
     assert not any(c for t in fleet.values() for c in t.commands if "docker compose" in c)
+
+
+def test_status_of_a_fleet_shows_the_hosts_side_by_side_and_flags_a_difference(fleet, config, capsys):
+    for host, sha in zip(HOSTS, (SHA, SHA, "c" * 40)):
+        fleet[host].answer(READ_STATE, stdout=f"live blue/web.sock\ncolour blue ../releases/20260101T000000Z-{sha}\n"
+                                              f"release 20260101T000000Z-{sha}\n" + served(sha))
+    with pytest.raises(DeployError) as attention:
+        operations.status(target(config))
+    out = capsys.readouterr().out
+    assert re.search(r"^host\s+serving\s+colour\s+maintenance\s+lock\s+last deploy$", out, re.M), out
+    assert re.search(rf"^{re.escape(HOSTS[2])}\s+cccccccccccc\s+blue\s+off\s+-\s+deploy cccccccccccc ok$", out, re.M)
+    assert "!! the hosts serve different versions: bbbbbbbbbbbb, cccccccccccc" in out
+    assert any("serve different versions" in line for line in attention.value.details)
+
+
+def test_status_of_a_fleet_on_one_version_exits_zero(fleet, config, capsys):
+    for host in HOSTS:
+        fleet[host].answer(READ_STATE, stdout=f"live blue/web.sock\ncolour blue ../releases/20260101T000000Z-{SHA}\n"
+                                              f"release 20260101T000000Z-{SHA}\n" + served(SHA))
+    operations.status(target(config))
+    assert "different versions" not in capsys.readouterr().out
