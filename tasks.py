@@ -35,13 +35,15 @@ def demo(c):
     demo_module.run(ROOT)
 
 
-@task(help={"out": "write the results as JSON to this file"})
+@task(help={"out": "write the results as JSON to this file",
+            "hosts": "also the fleet scenarios (names with 'hosts'): a rollout to this many hosts of the fleet testbed (2-4)",
+            "only": "only the scenarios whose name matches this regular expression"})
 @friendly
-def bench(c, out=None):
+def bench(c, out=None, hosts=1, only=None):
     """Measure failed requests and gaps under load during deploys and rollbacks."""
     from harness import bench as bench_module
 
-    bench_module.run(ROOT, out)
+    bench_module.run(ROOT, out, hosts=int(hosts), only=only)
 
 
 @task(help={"out": "write the results as JSON to this file"})

@@ -12,10 +12,13 @@ from an empty test server.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
+import re
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,12 +31,13 @@ from deploytasks.layout import Layout
 from deploytasks.plan import Plan, Step, cmd
 from deploytasks.remote.executor import Remote, execute
 
-from . import apps, testbed
+from . import apps, fleet, testbed
 from .load import Load, summarize
 
 CONTAINER_ENV = "local"
 TCP_ENV = "local-tcp"
 PROCESS_ENV = "local-process"
+FLEET_ENV = "fleet"  # envs/fleet.env: the hosts of the fleet testbed (harness/fleet.py)
 BOARD_ENV = "board"  # generated: the board app's own repository (harness/apps.py)
 CONTROL_SECONDS = 15.0  # about as long as a deploy takes here
 
@@ -112,11 +116,11 @@ def version_sha(target: operations.Target, name: str) -> str:
 
 
 def serve(name: str) -> Action:
-    """Make sure `name` serves (a plain deploy, unmeasured) unless it already does."""
+    """Make sure `name` serves on every host (a plain deploy, unmeasured) unless it already does."""
 
     def ensure(target: operations.Target) -> None:
-        state = _state(target)
-        if release_sha(state.release_of(state.live)) != version_sha(target, name):
+        wanted = version_sha(target, name)
+        if any(release_sha(state.release_of(state.live)) != wanted for state in _states(target)):
             deploy(name)(target)
 
     return ensure
@@ -210,38 +214,65 @@ def process_scenarios() -> list[Scenario]:
     ]
 
 
+def fleet_scenarios(hosts: int) -> list[Scenario]:
+    """The container app on `hosts` hosts of the fleet testbed, one rollout each, the load spread
+    over every host's nginx and the front balancer across them."""
+    env, name = FLEET_ENV, f"hosts {hosts}"
+    return [
+        Scenario(f"{name} control (no deploy)", env, idle, None, before=serve("v1")),
+        Scenario(f"{name} deploy v1->v2 (batch 1)", env, deploy("v2"), "v2", before=serve("v1")),
+        Scenario(f"{name} deploy v2->v3 (batch 100%)", env, deploy("v3", over=operations.Rollout.of("100%")), "v3",
+                 before=serve("v2")),
+        Scenario(f"{name} rollback v3->v2", env, rollback, "v2", before=serve("v3")),
+    ]
+
+
 def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate: float,
-            min_requests: int) -> dict:
+            min_requests: int, front: tuple[str, int] | None = None) -> dict:
+    """The scenario under load through every host's nginx (and a front balancer's, if given),
+    the load shared between them: one row, with each entry point's own figures when several."""
     if scenario.before:
         scenario.before(target)
     new_sha = version_sha(target, scenario.new_version) if scenario.new_version else None
     site = None if target.config.server_name == "_" else target.config.server_name.split()[0]
-    with Load(target.hosts[0], target.config.nginx_listen, clients=clients, rate=rate,
-              min_requests=min_requests, site=site) as load:
+    points = [(host, host, target.config.nginx_listen) for host in target.hosts]
+    points += [("front", *front)] if front else []
+    with ExitStack() as stack:
+        loads = {label: stack.enter_context(Load(host, port, clients=max(2, clients // len(points)),
+                                                 rate=rate / len(points), min_requests=min_requests // len(points),
+                                                 site=site))
+                 for label, host, port in points}
         finish = scenario.during(target) if scenario.during else None
         started = time.monotonic()
         scenario.action(target)
         deploy_s = time.monotonic() - started
         extra = finish() if finish else {}
-    summary = summarize(load.samples, new_sha, maintenance_ok=scenario.window)
+    summaries = {label: summarize(load.samples, new_sha, maintenance_ok=scenario.window)
+                 for label, load in loads.items()}
+    summary = summarize([s for load in loads.values() for s in load.samples], new_sha, maintenance_ok=scenario.window)
     row = {
         "scenario": scenario.name,
         "requests": summary.requests,
         "failed": summary.failed,
-        "max_gap_s": summary.max_gap_s,
-        "regressions": summary.regressions,
+        "max_gap_s": max(each.max_gap_s for each in summaries.values()),  # the worst entry point's
+        "regressions": sum(each.regressions for each in summaries.values()),
         "deploy_s": round(deploy_s, 2),
         "p50_ms": summary.p50_ms,
         "p99_ms": summary.p99_ms,
         "errors": summary.errors,
-        "clients": clients,
+        "clients": max(2, clients // len(points)) * len(points),
+        **({"hosts": len(target.hosts), "through": {label: {"requests": each.requests, "failed": each.failed,
+                                                            "max_gap_s": each.max_gap_s,
+                                                            "regressions": each.regressions}
+                                                    for label, each in summaries.items()}}
+           if len(points) > 1 else {}),
         **extra,
     }
     if scenario.window:
         history = _state(target).history
         steps = history[-1].get("steps", {}) if history else {}
         row.update(window_s=summary.window_s, migration_s=steps.get(phases.MIGRATE),
-                   maintenance_pages=sum(1 for s in load.samples if s.status == 503))
+                   maintenance_pages=sum(1 for s in loads[points[0][0]].samples if s.status == 503))
     return row
 
 
@@ -253,16 +284,21 @@ def table(rows: list[dict]) -> str:
         lines.append(f"{row['scenario']:58} {row['requests']:>8} {row['failed']:>7} {row['max_gap_s']:>9.3f} "
                      f"{row['regressions']:>7} {row['deploy_s']:>8.1f} {row['p50_ms']:>6.1f} {row['p99_ms']:>6.1f} "
                      f"{window}")
-        for key in ("long_request", "websocket"):
+        for key in ("long_request", "websocket", "through"):
             if key in row:
                 lines.append(f"    {key}: {json.dumps(row[key])}")
     return "\n".join(lines)
 
 
-def run(root: Path, out: str | None = None, scenarios: list[Scenario] | None = None, *, clients: int = 8,
-        rate: float = 500.0, min_requests: int = 5000, echo: Callable[[str], None] = print) -> list[dict]:
+def run(root: Path, out: str | None = None, scenarios: list[Scenario] | None = None, *, hosts: int = 1,
+        only: str | None = None, clients: int = 8, rate: float = 500.0, min_requests: int = 5000,
+        echo: Callable[[str], None] = print) -> list[dict]:
+    """Every scenario (with `hosts` > 1, the fleet's too), or those whose name matches `only`."""
     testbed.up(echo=echo)
-    scenarios = scenarios or container_scenarios() + tcp_scenarios() + process_scenarios() + websocket_scenarios()
+    scenarios = scenarios or (container_scenarios() + tcp_scenarios() + process_scenarios() + websocket_scenarios()
+                              + (fleet_scenarios(hosts) if hosts > 1 else []))
+    if only:
+        scenarios = [s for s in scenarios if re.search(only, s.name)]
     targets = {}
     generated = Path(tempfile.mkdtemp(prefix="deploytasks-bench-"))
     for env in dict.fromkeys(s.env for s in scenarios):
@@ -271,12 +307,20 @@ def run(root: Path, out: str | None = None, scenarios: list[Scenario] | None = N
             home = generated / "board"
             apps.board_project(home, env)
         config = configuration.load(home, env)
+        if env == FLEET_ENV:
+            addresses = fleet.up(hosts, echo=echo)
+            config = dataclasses.replace(config, hosts=tuple(addresses[:hosts]))
+            fleet.reset_app(config)
+            targets[env] = operations.Target(config, config.hosts)
+            continue
         testbed.reset_app(config)  # every run starts from an empty server: same data, same schema
         targets[env] = operations.Target(config, config.hosts[:1])
     rows = []
     for scenario in scenarios:
         echo(f"\n=== {scenario.name} ===")
-        rows.append(measure(targets[scenario.env], scenario, clients=clients, rate=rate, min_requests=min_requests))
+        front = fleet.front() if scenario.env == FLEET_ENV else None
+        rows.append(measure(targets[scenario.env], scenario, clients=clients, rate=rate, min_requests=min_requests,
+                            front=front))
     echo("\n" + table(rows))
     if out:
         Path(out).write_text(json.dumps(rows, indent=2) + "\n")
@@ -285,8 +329,15 @@ def run(root: Path, out: str | None = None, scenarios: list[Scenario] | None = N
 
 
 def _state(target: operations.Target) -> HostState:
-    with operations.session(target, target.hosts[0]) as remote:
-        return operations.read_state(remote, target.config)
+    return _states(target)[0]
+
+
+def _states(target: operations.Target) -> list[HostState]:
+    states = []
+    for host in target.hosts:
+        with operations.session(target, host) as remote:
+            states.append(operations.read_state(remote, target.config))
+    return states
 
 
 def _on_live(target: operations.Target, act: Callable[[Remote, HostState], None]) -> None:
