@@ -1,15 +1,16 @@
-"""Does the registry have the image for this SHA? Asked before anything on a host changes.
+"""Does the registry have the image for this SHA, and which SHA does an abbreviation name?
+Asked before anything on a host changes.
 
-Speaks the registry HTTP API (a HEAD on the manifest), with the bearer-token dance that
-GHCR, Docker Hub and most hosted registries require; credentials come from the process
-environment (REGISTRY_USER, REGISTRY_PASSWORD), never from an env file.
+Speaks the registry HTTP API (a HEAD on the manifest; the tag list, page after page), with the
+bearer-token dance that GHCR, Docker Hub and most hosted registries require; credentials come
+from the process environment (REGISTRY_USER, REGISTRY_PASSWORD), never from an env file.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
 import re
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import requests
 
@@ -47,22 +48,74 @@ def base_url(registry: str) -> str:
 
 def exists(image: str, tag: str, session: requests.Session | None = None) -> bool:
     registry, repository = split(image)
-    http = session or requests.Session()
     url = f"{base_url(registry)}/v2/{repository}/manifests/{tag}"
-    auth = _basic_auth(registry)
+    response, _ = _ask(session or requests.Session(), "HEAD", url, registry, repository, {"Accept": ACCEPT})
+    if response.status_code not in (200, 404):
+        raise ConfigError(f"registry {registry} answered HTTP {response.status_code} for {image}:{tag}")
+    return response.status_code == 200
+
+
+def tags(image: str, session: requests.Session | None = None) -> list[str]:
+    """Every tag of `image`, following the registry's pages (`Link: <...>; rel="next"`); none
+    when the registry does not know the repository."""
+    registry, repository = split(image)
+    http = session or requests.Session()
+    url, bearer, found, asked = f"{base_url(registry)}/v2/{repository}/tags/list", None, [], set()
+    while url and url not in asked:
+        asked.add(url)
+        response, bearer = _ask(http, "GET", url, registry, repository, {"Accept": "application/json"}, bearer)
+        if response.status_code == 404:
+            return found
+        if response.status_code != 200:
+            raise ConfigError(f"registry {registry} answered HTTP {response.status_code} listing the tags of {image}")
+        found += _listed_tags(response, image)
+        url = _next_page(response, registry)
+    return found
+
+
+def _listed_tags(response: requests.Response, image: str) -> list[str]:
     try:
-        response = http.head(url, headers={"Accept": ACCEPT}, auth=auth, timeout=TIMEOUT)
-        if response.status_code == 401 and "bearer" in response.headers.get("WWW-Authenticate", "").lower():
-            token = _token(http, response.headers["WWW-Authenticate"], auth, registry)
-            response = http.head(url, headers={"Accept": ACCEPT, "Authorization": f"Bearer {token}"}, timeout=TIMEOUT)
+        return [str(tag) for tag in response.json().get("tags") or ()]
+    except (ValueError, AttributeError):
+        raise ConfigError(f"registry answered the tag list of {image} with something that is not one") from None
+
+
+def _next_page(response: requests.Response, registry: str) -> str | None:
+    """The next page's URL, on the registry itself only: the credentials go nowhere else."""
+    link = response.links.get("next", {}).get("url")
+    if not link:
+        return None
+    url = urljoin(response.url, link)
+    if urlparse(url)[:2] != urlparse(base_url(registry))[:2]:
+        raise ConfigError(f"registry {registry} sent the next page of tags elsewhere ({url[:120]}): not followed")
+    return url
+
+
+def _ask(http: requests.Session, method: str, url: str, registry: str, repository: str, headers: dict,
+         bearer: str | None = None) -> tuple[requests.Response, str | None]:
+    """One request with the credentials: basic auth (for their registry only) or the bearer token
+    already held, then the token a 401 challenge asks for. Returns the answer and the token, for
+    the next request to the same repository. A refusal or no answer is a ConfigError."""
+    try:
+        response = _send(http, method, url, registry, headers, bearer)
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if response.status_code == 401 and "bearer" in challenge.lower():
+            bearer = _token(http, challenge, _basic_auth(registry), registry)
+            response = _send(http, method, url, registry, headers, bearer)
     except requests.RequestException as exc:
         raise ConfigError(f"registry {registry} unreachable: {exc.__class__.__name__}: {str(exc)[:160]}") from None
     if response.status_code in (401, 403):
         raise ConfigError(f"registry {registry} refused access to {repository} (HTTP {response.status_code}): "
                           "set REGISTRY_USER and REGISTRY_PASSWORD in the environment")
-    if response.status_code not in (200, 404):
-        raise ConfigError(f"registry {registry} answered HTTP {response.status_code} for {image}:{tag}")
-    return response.status_code == 200
+    return response, bearer
+
+
+def _send(http: requests.Session, method: str, url: str, registry: str, headers: dict,
+          bearer: str | None) -> requests.Response:
+    request = getattr(http, method.lower())  # head() and get() keep their own redirect defaults
+    if bearer:
+        return request(url, headers={**headers, "Authorization": f"Bearer {bearer}"}, timeout=TIMEOUT)
+    return request(url, headers=headers, auth=_basic_auth(registry), timeout=TIMEOUT)
 
 
 def missing(images: dict[str, str], tag: str) -> list[str]:

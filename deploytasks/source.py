@@ -10,6 +10,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass, field
 
+from . import shas
 from .config import Config
 from .errors import ConfigError
 
@@ -26,10 +27,11 @@ class GitFailed(ConfigError):
     """git ran and said no (unknown revision, no such path): not the same as git missing."""
 
 
-def _git(config: Config, *args: str) -> bytes:
+def _git(config: Config, *args: str, stdin: bytes | None = None) -> bytes:
     repo = config.processes.source_repo
     try:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=True, timeout=120).stdout
+        return subprocess.run(["git", "-C", str(repo), *args], input=stdin, capture_output=True, check=True,
+                              timeout=120).stdout
     except FileNotFoundError:
         raise ConfigError("git is not installed on this machine (process releases are read with git archive)") from None
     except subprocess.TimeoutExpired:
@@ -44,10 +46,32 @@ def _tree_path(config: Config, sha: str, path: str = "") -> str:
 
 
 def resolve(config: Config, sha: str) -> str:
+    """The full SHA of the commit `sha` (7-40 hex) names. When git's own reading fails or gives
+    another commit (a branch or tag named like the SHA wins there), the commits starting with it
+    decide: one is the answer, several ask for more characters."""
     try:
-        return _git(config, "rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}").decode().strip()
+        full = _git(config, "rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}").decode().strip()
     except GitFailed:
-        raise ConfigError(f"--sha {sha} is not a commit of {config.processes.source_repo}; nothing was changed") from None
+        full = ""
+    if full and full.startswith(sha):
+        return full
+    commits = _commits_starting(config, sha)
+    if len(commits) > 1:
+        raise ConfigError(f"--sha {sha} is ambiguous: {len(commits)} commits of {config.processes.source_repo} start "
+                          f"with it ({shas.listed(commits)}); give more characters of the SHA")
+    if not commits:
+        raise ConfigError(f"--sha {sha} is not a commit of {config.processes.source_repo}; nothing was changed")
+    return commits[0]
+
+
+def _commits_starting(config: Config, prefix: str) -> list[str]:
+    """The commits whose SHA starts with `prefix` (trees and blobs left out), as git finds them."""
+    names = _git(config, "rev-parse", f"--disambiguate={prefix}")
+    if not names.strip():
+        return []
+    kinds = _git(config, "cat-file", "--batch-check=%(objecttype) %(objectname)", stdin=names).decode()
+    return shas.starting(prefix, (name for kind, name in (line.split() for line in kinds.splitlines())
+                                  if kind == "commit"))
 
 
 def _object_id(config: Config, sha: str, path: str) -> str | None:

@@ -63,9 +63,23 @@ class Backend(Protocol):
         """What to remove once the `doomed` releases are gone (their images, unused virtualenvs)."""
 
 
+def full_sha(config: Config, sha: str) -> str:
+    """The full 40-hex SHA that `sha` as typed (7 to 40 hex) names: the one tag of the web image
+    starting with it in the registry (containers), or the one commit of SOURCE_REPO (processes).
+    Asked before any connection opens; none or several is a ConfigError."""
+    from .. import shas, source
+    from . import containers
+
+    sha = shas.check(sha)
+    if config.mode == "processes":
+        return source.resolve(config, sha)
+    return containers.full_sha(config, sha)
+
+
 def of(config: Config, sha: str | None = None, *, fast: bool = False) -> Backend:
     """The environment's backend; with a SHA, its artifact is checked (registry or git) before
-    any connection opens, so a typo changes nothing."""
+    any connection opens, so a typo changes nothing. An abbreviated SHA is expanded first: the
+    backend's `sha` is the full one, which names the release, its images and its history."""
     from .. import source
     from . import containers, processes
 
@@ -74,5 +88,6 @@ def of(config: Config, sha: str | None = None, *, fast: bool = False) -> Backend
     if fast:
         raise ConfigError("--fast is for process releases (MODE=processes): container images are prebuilt")
     if sha:
+        sha = containers.full_sha(config, sha)
         containers.check_images(config, sha)
     return containers.Containers(config, sha)

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import posixpath
 
-from .. import phases, registry, traffic
+from .. import phases, registry, shas, traffic
 from ..config import Config
 from ..errors import ConfigError
 from ..facts import HostState, release_sha
@@ -146,6 +146,15 @@ media=$1; shift
 pid=$("$@") && uid=$(stat -c %u "/proc/$pid") || exit 1
 [ "$(stat -c %u "$media")" = "$uid" ] || chown "$uid" "$media"
 """
+
+
+def full_sha(config: Config, sha: str) -> str:
+    """The full SHA an abbreviated `--sha` names: the one tag of the web image starting with it
+    (CI tags images by the full SHA). A full SHA is taken as it is, without listing."""
+    if shas.full(sha):
+        return sha
+    image = config.images[config.web_service]
+    return shas.expand(sha, registry.tags(image), image)
 
 
 def check_images(config: Config, sha: str) -> None:

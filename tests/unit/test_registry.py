@@ -96,7 +96,50 @@ class _Registry(BaseHTTPRequestHandler):
                 return self._reply(200, [("Content-Type", "application/json")],
                                    json.dumps({"token": self.token}).encode())
             return self._reply(400)
+        if url.path.endswith("/tags/list"):
+            return self._tags(url)
         return self._reply(404)
+
+    def _tags(self, url):
+        """Tag lists served in pages of two, each linking to the next as a registry does."""
+        repository = url.path[len("/v2/"):-len("/tags/list")]
+        if repository == "private/web" and self.headers.get("Authorization") != f"Bearer {self.token}":
+            port = self.server.server_address[1]
+            challenge = (f'Bearer realm="http://127.0.0.1:{port}/token",service="test-registry",'
+                         f'scope="repository:private/web:pull"')
+            return self._reply(401, [("WWW-Authenticate", challenge)])
+        if repository == "basic/web":
+            return self._reply(401, [("WWW-Authenticate", 'Basic realm="registry"')])
+        if repository not in TAGS:
+            return self._reply(404, [("Content-Type", "application/json")], b'{"errors":[{"code":"NAME_UNKNOWN"}]}')
+        if repository == "junk/web":
+            return self._reply(200, [("Content-Type", "application/json")], b"<html>")
+        tags = TAGS[repository]
+        last = parse_qs(url.query).get("last", [None])[0]
+        start = tags.index(last) + 1 if last else 0
+        page, headers = tags[start:start + 2], [("Content-Type", "application/json")]
+        if start + 2 < len(tags):
+            headers.append(("Link", NEXT.get(repository, '</v2/{repo}/tags/list?n=2&last={last}>; rel="next"').format(
+                repo=repository, last=page[-1], port=self.server.server_address[1])))
+        body = {"name": repository, "tags": page if repository != "empty/web" else None}
+        return self._reply(200, headers, json.dumps(body).encode())
+
+
+SHA_A, SHA_B = "3f2c1e9" + "a" * 33, "3f2c1e9" + "b" * 33
+TAGS = {
+    "example/web": ["latest", SHA_A, "v1.2", "4e5d6c7" + "c" * 33, "cache"],
+    "private/web": [SHA_A, "latest", SHA_B],
+    "elsewhere/web": [SHA_A, "latest", SHA_B],
+    "loop/web": [SHA_A, "latest", SHA_B],
+    "absolute/web": [SHA_A, "latest", SHA_B],
+    "empty/web": ["x", "y", "z"],
+    "junk/web": [],
+}
+NEXT = {  # how a repository's pages link to the next one (default: a path on the registry)
+    "elsewhere/web": '<http://evil.example.com/v2/{repo}/tags/list?last={last}>; rel="next"',
+    "loop/web": '</v2/{repo}/tags/list>; rel="next"',
+    "absolute/web": '<http://127.0.0.1:{port}/v2/{repo}/tags/list?n=2&last={last}>; rel="next"',
+}
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +236,71 @@ def test_credentials_with_images_from_several_registries_need_registry_host(monk
     monkeypatch.delenv("REGISTRY_HOST", raising=False)
     with pytest.raises(ConfigError, match="set REGISTRY_HOST"):
         registry.missing({"web": "ghcr.io/org/web", "api": "registry.example.com/api"}, "abc1234")
+
+
+# --- the tag list ----------------------------------------------------------------------------
+
+def test_tags_follows_every_page(local_registry):
+    host, seen = local_registry
+    seen.clear()
+    assert registry.tags(f"{host}/example/web") == TAGS["example/web"]
+    assert [path for _, path, _ in seen] == ["/v2/example/web/tags/list",
+                                             f"/v2/example/web/tags/list?n=2&last={SHA_A}",
+                                             "/v2/example/web/tags/list?n=2&last=4e5d6c7" + "c" * 33]
+
+
+def test_tags_follows_an_absolute_next_link_on_the_registry(local_registry):
+    host, _ = local_registry
+    assert registry.tags(f"{host}/absolute/web") == TAGS["absolute/web"]
+
+
+def test_tags_takes_one_token_for_every_page(local_registry):
+    host, seen = local_registry
+    seen.clear()
+    assert registry.tags(f"{host}/private/web") == TAGS["private/web"]
+    assert [path.split("?")[0] for _, path, _ in seen] == [
+        "/v2/private/web/tags/list", "/token", "/v2/private/web/tags/list", "/v2/private/web/tags/list"]
+
+
+def test_tags_sends_basic_auth_from_the_environment(local_registry, monkeypatch):
+    host, seen = local_registry
+    monkeypatch.setenv("REGISTRY_USER", "ci")
+    monkeypatch.setenv("REGISTRY_PASSWORD", "pw")
+    seen.clear()
+    registry.tags(f"{host}/example/web")
+    assert all(headers.get("Authorization", "").startswith("Basic ") for _, _, headers in seen)
+
+
+def test_tags_of_an_unknown_repository_are_none(local_registry):
+    host, _ = local_registry
+    assert registry.tags(f"{host}/nowhere/web") == []
+
+
+def test_tags_null_is_no_tags(local_registry):
+    host, _ = local_registry
+    assert registry.tags(f"{host}/empty/web") == []
+
+
+def test_tags_never_follows_a_next_page_to_another_host(local_registry, monkeypatch):
+    host, seen = local_registry
+    monkeypatch.setenv("REGISTRY_USER", "ci")
+    monkeypatch.setenv("REGISTRY_PASSWORD", "pw")
+    with pytest.raises(ConfigError, match=r"sent the next page of tags elsewhere \(http://evil.example.com/"):
+        registry.tags(f"{host}/elsewhere/web")
+
+
+def test_tags_stops_at_a_page_linking_to_itself(local_registry):
+    host, _ = local_registry
+    assert registry.tags(f"{host}/loop/web") == TAGS["loop/web"][:2]
+
+
+def test_tags_refused_names_the_credentials(local_registry):
+    host, _ = local_registry
+    with pytest.raises(ConfigError, match=r"refused access to basic/web \(HTTP 401\).*REGISTRY_USER"):
+        registry.tags(f"{host}/basic/web")
+
+
+def test_tags_not_json_is_a_config_error(local_registry):
+    host, _ = local_registry
+    with pytest.raises(ConfigError, match="tag list of .*junk/web"):
+        registry.tags(f"{host}/junk/web")

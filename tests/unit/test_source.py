@@ -5,6 +5,7 @@ Every test reads the session's tiny repository (see PROCESS_COMMITS in conftest)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import subprocess
 import tarfile
@@ -63,6 +64,42 @@ def test_resolve_refuses_a_tree_that_is_not_a_commit(process_config, process_rep
                           capture_output=True, text=True, check=True).stdout.strip()
     with pytest.raises(ConfigError, match="is not a commit"):
         source.resolve(process_config, tree)
+
+
+def _colliding_commits(length: int = 7) -> tuple[bytes, bytes]:
+    """Two commit objects (of the empty tree) whose SHAs share their first `length` hex
+    characters: found by hashing, the way git would name them (deterministic)."""
+    seen: dict[str, bytes] = {}
+    for i in range(1_000_000):
+        body = (b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor T <t@example.com> 0 +0000\n"
+                b"committer T <t@example.com> 0 +0000\n\nattempt %d\n" % i)
+        prefix = hashlib.sha1(b"commit %d\0" % len(body) + body).hexdigest()[:length]
+        if prefix in seen:
+            return seen[prefix], body
+        seen[prefix] = body
+    raise AssertionError("no collision found")
+
+
+def test_resolve_an_ambiguous_prefix_lists_the_commits(process_config, tmp_path):
+    git = ["git", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "hash-object", "-w", "-t", "tree", "--stdin"], input=b"", check=True, capture_output=True)
+    written = sorted(subprocess.run([*git, "hash-object", "-w", "-t", "commit", "--stdin"], input=body, check=True,
+                                    capture_output=True).stdout.decode().strip() for body in _colliding_commits())
+    prefix = written[0][:7]
+    assert written[1].startswith(prefix)
+    config = _with(process_config, source_repo=tmp_path)
+    with pytest.raises(ConfigError, match=rf"--sha {prefix} is ambiguous: 2 commits of .* start with it "
+                                          rf"\({written[0]}, {written[1]}\); give more characters"):
+        source.resolve(config, prefix)
+    assert source.resolve(config, written[1][:12]) == written[1], "more characters: one commit"
+
+
+def test_resolve_a_branch_named_like_the_sha_does_not_hide_the_commit(process_config, tmp_path, git_repo):
+    made = git_repo(tmp_path, [("one", {"a": "1\n"}), ("two", {"a": "2\n"})])
+    subprocess.run(["git", "-C", str(tmp_path), "branch", made["one"][:7], made["two"]], check=True)
+    config = _with(process_config, source_repo=tmp_path)
+    assert source.resolve(config, made["one"][:7]) == made["one"]
 
 
 def test_read_of_an_unknown_sha_fails_before_anything_else(process_config):

@@ -42,6 +42,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(fabric, "Connection", forbidden)
     monkeypatch.setattr(registry, "missing", forbidden)
     monkeypatch.setattr(registry, "exists", forbidden)
+    monkeypatch.setattr(registry, "tags", forbidden)
     return calls
 
 
@@ -99,14 +100,30 @@ def test_bad_sha_with_a_good_config_stops_before_the_registry(no_network, bad_ro
     assert no_network == []
 
 
+FULL = "abc1234" + "0" * 33
+
+
 def test_missing_image_stops_before_connecting(bad_root, monkeypatch):
     called = []
+    monkeypatch.setattr(registry, "tags", lambda image: [FULL])
     monkeypatch.setattr(registry, "missing", lambda images, tag: [f"{images['web']}:{tag}"])
     monkeypatch.setattr(operations, "connect", lambda *a, **k: called.append(a))
     exit_ = _exit_of(lambda: tasks.deploy(Context(), "abc1234", env="good"))
     assert exit_.code == 1
     assert "not in the registry; nothing was changed" in exit_.message
-    assert "ghcr.io/acme/shop-web:abc1234" in exit_.message
+    assert f"ghcr.io/acme/shop-web:{FULL}" in exit_.message, "checked by the full SHA its tag has"
+    assert called == []
+
+
+def test_an_abbreviation_no_image_is_tagged_with_stops_before_connecting(bad_root, monkeypatch):
+    called = []
+    monkeypatch.setattr(registry, "tags", lambda image: ["latest", FULL])
+    monkeypatch.setattr(registry, "missing", lambda images, tag: called.append(tag) or [])
+    monkeypatch.setattr(operations, "connect", lambda *a, **k: called.append(a))
+    exit_ = _exit_of(lambda: tasks.deploy(Context(), "3f2c1e9", env="good"))
+    assert exit_.code == 1
+    assert exit_.message == ("error: no image of ghcr.io/acme/shop-web is tagged with a SHA starting 3f2c1e9; "
+                             "nothing was changed")
     assert called == []
 
 
