@@ -69,6 +69,7 @@ def fleet_of(monkeypatch, local_config):
     fast = dataclasses.replace(local_config, health_timeout=1.0, health_interval=0.1)  # failing polls end soon
     monkeypatch.setattr(operations, "connect", lambda config, host, **options: hosts[host])
     monkeypatch.setattr(registry, "missing", lambda images, tag: [])
+    monkeypatch.setattr(registry, "tags", lambda image: [SHA, "c" * 40, "latest"])
     monkeypatch.setattr(locking, "Lease", StubLease)
     return hosts, fast
 
@@ -189,7 +190,7 @@ def test_promote_refuses_a_sha_the_source_never_served(stages):
 def test_promote_deploys_what_the_source_served_and_records_where_it_came_from(stages):
     fleet, staging, production = stages
     fleet[HOSTS[0]].answer(READ_STATE, stdout=served(SHA))
-    assert operations.promote(staging, production, SHA) == {h: SHA for h in HOSTS[1:]}
+    assert operations.promote(staging, production, SHA[:7]) == {h: SHA for h in HOSTS[1:]}, "the full SHA"
     assert not any(ACQUIRE.search(c) for c in fleet[HOSTS[0]].commands), "staging only read, never locked"
     for host in HOSTS[1:]:
         assert history_of(fleet[host])[-1]["promoted_from"] == "staging"
