@@ -89,10 +89,10 @@ def roll(members: Sequence[Member], order: list[list[str]], *, batch_wait: float
                 echo(f"waiting {batch_wait:g}s before the next batch (--batch-wait)")
                 time.sleep(batch_wait)
         failed = _parallel(members, lambda m: m.run.through())
-        if failed:  # only a lost lock or connection fails here (drain and cleanup are best effort)
-            _settle(members, failed, rollback, echo)
         for member in members:
-            member.outcome = OK
+            member.outcome = FAILED if member in failed else OK
+        if failed:  # a lost lock or connection (drain and cleanup are best effort): past every check,
+            raise failed[0].error  # the other hosts are not switched back to colours being drained
     finally:
         for member in members:
             member.seconds = member.seconds or time.monotonic() - member.started
