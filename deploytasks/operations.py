@@ -198,13 +198,12 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
             try:
                 rollout.roll([crew.member for crew in members], order, batch_wait=over.wait,
                              rollback=over.rollback, echo=echo)
-            finally:
-                for crew in members:
-                    crew.record(layout)
-                if len(members) > 1:
-                    for line in rollout.table([c.member for c in members], {c.host: c.before for c in members},
-                                              {c.host: c.now for c in members}):
-                        echo(line)
+            except KeyboardInterrupt:
+                raise  # a hard abort records nothing: the lock is kept, the next deploy writes what happened
+            except BaseException:
+                _settled(members, layout, echo)
+                raise
+            _settled(members, layout, echo)
         except KeyboardInterrupt as error:
             aborted = error
             raise
@@ -215,6 +214,16 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
     if any(serving.values()):
         echo("summary: " + ", ".join(f"{host} serves {sha}" for host, sha in serving.items()))
     return serving
+
+
+def _settled(members: list[Crew], layout: Layout, echo) -> None:
+    """Each host's history line, and with several hosts the rollout's table."""
+    for crew in members:
+        crew.record(layout)
+    if len(members) > 1:
+        for line in rollout.table([c.member for c in members], {c.host: c.before for c in members},
+                                  {c.host: c.now for c in members}):
+            echo(line)
 
 
 def _dry_run(target: Target, plan_for: Callable[[HostState, bool], Plan]) -> None:
@@ -293,6 +302,9 @@ class Crew:
         what the next deploy must know)."""
         member, plan, remote = self.member, self.plan, self.remote
         if member is None:
+            return
+        if not member.outcome and member.error is None:  # the rollout stopped before it ran anything here
+            _record(remote, (progress.clear_argv(layout),), "the end of the deploy")
             return
         extra = dict(self.note)
         colour = plan.summary.get("colour")

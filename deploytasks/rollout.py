@@ -125,9 +125,12 @@ def _settle(members: Sequence[Member], failed: list[Member], rollback: bool, ech
 
 def _undo(member: Member) -> None:
     member.was_switched = member.switched
+    completed = member.run.phases
     if not member.run.undo():
         member.outcome = FAILED
-        raise StepFailed(f"{member.host}: could not undo what this deploy changed")
+        failure = StepFailed(f"{member.host}: could not undo what this deploy changed after another host failed")
+        failure.undone, failure.completed = False, completed
+        raise failure
 
 
 def _parallel(members: Sequence[Member], work: Callable[[Member], object]) -> list[Member]:
