@@ -245,3 +245,15 @@ def test_status_of_a_fleet_on_one_version_exits_zero(fleet, config, capsys):
                                               f"release 20260101T000000Z-{SHA}\n" + served(SHA))
     operations.status(target(config))
     assert "different versions" not in capsys.readouterr().out
+
+
+def test_a_switch_back_that_fails_is_recorded_as_not_undone(fleet, config):
+    """Host 1 cannot be switched back after host 2 failed: its history and marker say it needs a repair."""
+    fleet[HOSTS[1]].answer(VERIFY, exited=22, first=True)
+    fleet[HOSTS[0]].answer(re.compile(r"sh '' /srv/example/run/web\.sock"), exited=1, stderr="Read-only", first=True)
+    with pytest.raises(StepFailed):
+        operations.deploy(target(config), SHA, over=operations.Rollout.of("1"))
+    record = history_of(fleet[HOSTS[0]])[-1]
+    assert record["outcome"] == "failed, not undone" and "switch" in record["failed_after"]
+    marker = [c for c in fleet[HOSTS[0]].commands if "state/deploying" in c][-1]
+    assert "undo failed" in marker or "undo-failed" in marker, marker
