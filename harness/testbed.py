@@ -50,7 +50,8 @@ NGINX_CONF = STATE_DIR / "nginx" / "nginx.conf"
 NGINX_SITE_DIR = STATE_DIR / "nginx" / "conf.d"
 
 APT_PACKAGES = ("docker.io", "docker-registry", "openssh-server", "nginx-light",
-                "debootstrap", "iproute2", "curl", "git", "python3-venv")
+                "debootstrap", "iproute2", "curl", "git", "python3-venv",
+                "socat")  # socat: the fleet's registry relay (harness/fleet.py)
 BASE_PACKAGES = ("python3", "gunicorn", "python3-redis", "redis-server")
 EXAMPLE_DIR = Path(__file__).resolve().parent / "example"
 REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -429,7 +430,7 @@ def _check_compose() -> tuple[bool, str]:
 
 # ---------------------------------------------------------------- 4. registry
 
-def _registry_config() -> str:
+def _registry_config(addr: str = REGISTRY) -> str:
     return f"""version: 0.1
 log:
   level: info
@@ -443,7 +444,7 @@ storage:
   cache:
     blobdescriptor: inmemory
 http:
-  addr: {REGISTRY}
+  addr: {addr}
   headers:
     X-Content-Type-Options: [nosniff]
 """
@@ -960,12 +961,14 @@ def _stop_process_redis() -> str | None:
 
 # ---------------------------------------------------------------- 7. sshd
 
-def _sshd_config() -> str:
+def _sshd_config(listen: str = SSH_HOST, port: int = SSH_PORT, host_key: Path = SSH_HOST_KEY,
+                 pid_file: Path = SSH_DIR / "sshd.pid") -> str:
+    """(The fleet's hosts, harness/fleet.py, pass their own address, key and pid file.)"""
     return f"""# deploytasks testbed sshd: root by key only, on loopback
-ListenAddress {SSH_HOST}
-Port {SSH_PORT}
-HostKey {SSH_HOST_KEY}
-PidFile {SSH_DIR / 'sshd.pid'}
+ListenAddress {listen}
+Port {port}
+HostKey {host_key}
+PidFile {pid_file}
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
 PasswordAuthentication no
@@ -997,10 +1000,11 @@ def _ensure_keys() -> None:
         KNOWN_HOSTS.write_text(line)
 
 
-def _ssh_command(*remote: str) -> list[str]:
+def _ssh_command(*remote: str, host: str = SSH_HOST, port: int = SSH_PORT,
+                 known_hosts: Path = KNOWN_HOSTS) -> list[str]:
     return ["ssh", "-F", "none", "-i", str(SSH_KEY), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={KNOWN_HOSTS}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "ConnectTimeout=5", "-p", str(SSH_PORT), f"root@{SSH_HOST}", *remote]
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "ConnectTimeout=5", "-p", str(port), f"root@{host}", *remote]
 
 
 def _ssh_login_works() -> bool:
