@@ -69,21 +69,29 @@ def faults(c, out=None, subset=False):
         raise Exit("some fault cases failed (see the table)", code=1)
 
 
-@task(name="up")
+@task(name="up", help={"hosts": "how many servers, 1 to 4 (default 1); more than 1 adds a fleet of "
+                                 "hosts 10.77.0.11... in namespaces, deployed by envs/fleet.env"})
 @friendly
-def testbed_up(c):
+def testbed_up(c, hosts=1):
     """Install and start the local test server (dockerd, registry, sshd, nginx, images)."""
-    from harness import testbed
+    from harness import fleet, testbed
 
-    testbed.up()
+    hosts = int(hosts)
+    if not 1 <= hosts <= fleet.MAX_HOSTS:
+        raise Exit(f"error: --hosts takes 1 to {fleet.MAX_HOSTS}, not {hosts}", code=1)
+    if hosts == 1:
+        testbed.up()
+    else:
+        fleet.up(hosts)
 
 
 @task(name="down")
 @friendly
 def testbed_down(c):
-    """Stop exactly what testbed.up started."""
-    from harness import testbed
+    """Stop exactly what testbed.up started (the fleet too, if there is one)."""
+    from harness import fleet, testbed
 
+    fleet.down()
     testbed.down()
 
 
@@ -91,9 +99,9 @@ def testbed_down(c):
 @friendly
 def testbed_status(c):
     """Show each part of the local test server."""
-    from harness import testbed
+    from harness import fleet, testbed
 
-    parts = testbed.status()
+    parts = testbed.status() + fleet.status()
     for part, ok, detail in parts:
         print(f"{'ok  ' if ok else 'DOWN'} {part:12} {detail}")
     if not all(ok for _, ok, _ in parts):
