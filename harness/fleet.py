@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -227,8 +228,14 @@ def up(n: int, echo: Echo = print) -> list[str]:
         _timed(part, lambda: step(), echo)
     for h in fleet:  # one at a time: concurrent `ip netns add`s may both make /run/netns a mount
         _up_host(h, echo, _HOST_STEPS[:1])
+    lock = threading.Lock()
+
+    def one_line(line: str) -> None:  # print() from threads may interleave a line and its newline
+        with lock:
+            echo(line)
+
     with ThreadPoolExecutor(max_workers=n) as pool:  # the daemons' start-ups overlap
-        futures = [pool.submit(_up_host, h, echo, _HOST_STEPS[1:]) for h in fleet]
+        futures = [pool.submit(_up_host, h, one_line, _HOST_STEPS[1:]) for h in fleet]
         errors = [exc for f in futures if (exc := f.exception())]
     if errors:
         raise errors[0]
