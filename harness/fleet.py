@@ -53,6 +53,9 @@ NETNS_DIR = Path("/run/netns")  # where `ip netns` keeps its handles
 MNT_DIR = Path("/run/dt-fleet/mnt")  # the mount namespaces' handles (a private bind mount)
 REGISTRY_PORT = 5000
 REGISTRY_CONFIG = FLEET_DIR / "registry.yml"
+DB_PORT = 6379  # the app's database, one for the whole fleet (compose/fleet.yml points web at it)
+DB_DIR = FLEET_DIR / "db"
+FLEET_PACKAGES = ("redis-server",)  # installed by up(), only when a fleet is asked for
 SITE_PORT = 8080  # NGINX_LISTEN of envs/fleet.env
 LB_LISTEN = "127.0.0.1:8090"
 LB_DIR = FLEET_DIR / "lb"
@@ -128,6 +131,78 @@ def hosts() -> list[str]:
     return [h.address for h in _fleet()]
 
 
+def of(address: str) -> Host:
+    """The fleet host at an address (10.77.0.11 -> h1)."""
+    for i in range(1, MAX_HOSTS + 1):
+        if Host(i).address == address:
+            return Host(i)
+    raise TestbedError(f"{address} is not a host of the fleet testbed (10.77.0.11 to 10.77.0.1{MAX_HOSTS})")
+
+
+def path_on(address: str, inside: str) -> Path:
+    """Where a file of a host (under /srv, /tmp, /var/lib/docker or the nginx directory) is seen
+    from this side: tests read a host's history or site directly."""
+    return of(address).path(inside)
+
+
+def front() -> tuple[str, int]:
+    """The front load balancer's address and port (over every host's nginx)."""
+    address, port = LB_LISTEN.rsplit(":", 1)
+    return address, int(port)
+
+
+def stop_nginx(address: str) -> str:
+    """A host fault: that host's nginx stops (its site stays); start_nginx() brings it back."""
+    h = of(address)
+    return _stop(h.part("nginx"), "nginx", h) or "was not running"
+
+
+def start_nginx(address: str) -> str:
+    return _step_nginx(of(address))
+
+
+def reset_app(config) -> None:
+    """testbed.reset_app for each of the config's hosts: as if each were a new machine (never
+    point this at a real server), and the fleet's database emptied. Only processes of those
+    hosts are touched."""
+    app = config.app_name
+    script = f"""
+for project in {app} {app}-blue {app}-green; do
+  ids=$(docker ps -aq --filter label=com.docker.compose.project=$project)
+  [ -z "$ids" ] || docker rm -f $ids >/dev/null
+done
+volumes=$(docker volume ls -q --filter label=com.docker.compose.project={app})
+docker volume rm -f {app}_dbdata $volumes >/dev/null 2>&1
+docker network rm {app}_default >/dev/null 2>&1
+rm -rf {config.deploy_path}
+rm -f {config.nginx_site_dir}/{app}.conf
+nginx -s reload -c {config.nginx_conf}
+"""
+    for address in config.hosts:
+        h = of(address)
+        _kill_app_processes(h, config.deploy_path)
+        _run(h.enter("sh", "-c", script), timeout=120)
+    _flush_db()
+
+
+def _kill_app_processes(h: Host, deploy_path: str) -> None:
+    """Host app servers (process releases): processes of this host working under deploy_path."""
+    prefix = deploy_path.rstrip("/") + "/"
+    if prefix == "/":
+        return
+    mnt = _ns_inode(h.mnt_path)
+    app = set()
+    for pid in processes(h):
+        try:
+            same_ns = os.readlink(f"/proc/{pid}/ns/mnt") == f"mnt:[{mnt}]"
+            cwd = os.readlink(f"/proc/{pid}/cwd") + "/"
+        except OSError:
+            continue
+        if same_ns and cwd.startswith(prefix):
+            app.add(pid)
+    _terminate(app)
+
+
 def _fleet() -> list[Host]:
     try:
         n = int(SIZE_FILE.read_text().strip())
@@ -161,6 +236,24 @@ def mount_script(h: Host) -> str:
 def sshd_config(h: Host) -> str:
     return testbed._sshd_config(listen=h.address, port=22, host_key=h.dir / "ssh" / "ssh_host_ed25519_key",
                                 pid_file=Path("/run/sshd.pid"))
+
+
+def nginx_config(h: Host) -> str:
+    """The single host's nginx.conf (same paths, inside the host), and after the sites a server
+    on SITE_PORT answering 404 with the host's name: a host answers there before any deploy,
+    as a server's nginx does. The sites come first and the example's is default_server, so
+    once deployed, it gets every request."""
+    base = testbed._nginx_config().rstrip()
+    assert base.endswith("}")
+    return base[:-1] + f"""    server {{
+        listen {SITE_PORT};
+        server_name {h.name}.fleet.invalid;
+        location / {{
+            return 404 "no site on {h.name}\\n";
+        }}
+    }}
+}}
+"""
 
 
 def known_hosts_text(keys: dict[str, str]) -> str:
@@ -223,8 +316,8 @@ def up(n: int, echo: Echo = print) -> list[str]:
             _down_host(h, echo)
     FLEET_DIR.mkdir(parents=True, exist_ok=True)
     SIZE_FILE.write_text(f"{n}\n")
-    for part, step in (("bridge", _step_bridge), ("mount-handles", _step_mnt_dir),
-                       ("fleet-registry", _step_registry)):
+    for part, step in (("fleet-packages", _step_packages), ("bridge", _step_bridge),
+                       ("mount-handles", _step_mnt_dir), ("fleet-registry", _step_registry), ("fleet-db", _step_db)):
         _timed(part, lambda: step(), echo)
     for h in fleet:  # one at a time: concurrent `ip netns add`s may both make /run/netns a mount
         _up_host(h, echo, _HOST_STEPS[:1])
@@ -254,7 +347,7 @@ def down(echo: Echo = print, purge: bool = False) -> None:
         if _host_exists(h):
             _down_host(h, echo)
             did = True
-    for part, stop in (("fleet-lb", _stop_lb), ("fleet-registry", _stop_registry),
+    for part, stop in (("fleet-lb", _stop_lb), ("fleet-db", _stop_db), ("fleet-registry", _stop_registry),
                        ("bridge", _remove_bridge), ("mount-handles", _remove_mnt_dir)):
         started = time.monotonic()
         if result := stop():
@@ -276,7 +369,8 @@ def status() -> list[tuple[str, bool, str]]:
     extra = [Host(i) for i in range(len(fleet) + 1, MAX_HOSTS + 1) if _host_exists(Host(i))]
     if not fleet and not extra and not _bridge_exists():
         return []
-    rows = [("fleet-bridge", *_guard(_check_bridge)), ("fleet-registry", *_guard(_check_registry))]
+    rows = [("fleet-bridge", *_guard(_check_bridge)), ("fleet-registry", *_guard(_check_registry)),
+            ("fleet-db", *_guard(_check_db))]
     for h in fleet:
         for part, check in _HOST_CHECKS:
             rows.append((f"{h.name} {part}", *_guard(lambda: check(h))))
@@ -499,6 +593,74 @@ def _check_registry() -> tuple[bool, str]:
 
 def _stop_registry() -> str | None:
     return _stop("fleet-registry", "docker-registry", arg=str(REGISTRY_CONFIG))
+
+
+# ---------------------------------------------------------------- this side: the app's database
+
+def _step_packages() -> str:
+    """What only the fleet needs, installed as the testbed installs its own (no service started)."""
+    missing = testbed._missing_packages(FLEET_PACKAGES)
+    if not missing:
+        return "present"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    with testbed._no_service_starts():
+        _run(["apt-get", "update"], timeout=600, env=env)
+        _run(["apt-get", "install", "-y", "--no-install-recommends", *missing], timeout=1800, env=env)
+    return f"installed {' '.join(missing)}"
+
+
+def _db_command(command: bytes = b"PING") -> bytes:
+    import socket
+
+    with socket.create_connection((GATEWAY, DB_PORT), timeout=2) as s:
+        s.sendall(command + b"\r\n")
+        return s.recv(64)
+
+
+def _db_answers() -> bool:
+    try:
+        return _db_command().startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+_DB = ("fleet-db", "redis-server", f"{GATEWAY}:{DB_PORT}")  # part, daemon, its title's address
+
+
+def _step_db() -> str:
+    """The app's database of the whole fleet (a fleet shares one: the rollout migrates once, on
+    the first host): Debian's redis-server on the bridge address, reached from the hosts'
+    containers through their NAT."""
+    if pid := _our_pid(*_DB[:2], arg=_DB[2]):
+        _wait_for("fleet database", _db_answers, 10, pid, LOG_DIR / "fleet-db.log")
+        return f"already running (pid {pid})"
+    DB_DIR.mkdir(parents=True, exist_ok=True)
+    pid, log = _start("fleet-db", ["/usr/bin/redis-server", "--bind", GATEWAY, "--port", str(DB_PORT),
+                                   "--dir", str(DB_DIR), "--appendonly", "yes", "--save", "",
+                                   "--protected-mode", "no", "--daemonize", "no", "--logfile", ""])
+    _wait_for("fleet database", _db_answers, 20, pid, log)
+    return f"started (pid {pid}, redis://{GATEWAY}:{DB_PORT}/0)"
+
+
+def _check_db() -> tuple[bool, str]:
+    pid = _our_pid(*_DB[:2], arg=_DB[2])
+    if pid is None:
+        return False, "not running"
+    ok = _db_answers()
+    return ok, f"pid {pid}; redis://{GATEWAY}:{DB_PORT}/0 {'answers PING' if ok else 'does not answer'}"
+
+
+def _stop_db() -> str | None:
+    return _stop(*_DB[:2], arg=_DB[2])
+
+
+def _flush_db() -> None:
+    try:
+        answer = _db_command(b"FLUSHALL")
+    except OSError as exc:
+        raise TestbedError(f"fleet database at {GATEWAY}:{DB_PORT}: {exc}; run fleet.up()") from None
+    if not answer.startswith(b"+OK"):
+        raise TestbedError(f"FLUSHALL on the fleet database answered {answer!r}")
 
 
 # ---------------------------------------------------------------- one host
@@ -744,10 +906,17 @@ def _nginx_master(h: Host) -> int | None:
 def _step_nginx(h: Host) -> str:
     """The same nginx.conf as the single host's, the same paths, inside the host."""
     part = h.part("nginx")
-    if pid := _our_pid(part, "nginx", h):
-        return f"already running (pid {pid})"
-    h.path(str(NGINX_CONF)).write_text(testbed._nginx_config())
+    conf, config = h.path(str(NGINX_CONF)), nginx_config(h)
+    changed = not conf.exists() or conf.read_text() != config
+    if changed:
+        conf.write_text(config)
     base = ["/usr/sbin/nginx", "-e", str(NGINX_ERROR_LOG), "-c", str(NGINX_CONF)]
+    if pid := _our_pid(part, "nginx", h):
+        if changed:
+            _run(h.enter(*base, "-t", "-q"))
+            os.kill(pid, signal.SIGHUP)
+            return f"reloaded with a new nginx.conf (pid {pid})"
+        return f"already running (pid {pid})"
     note = _set_aside_broken_sites(h, base) + _remove_stale_sockets(h)
     _run(h.enter(*base, "-t", "-q"))
     pid, log = _start(part, h.enter(*base, "-g", "daemon off;"))

@@ -155,12 +155,14 @@ def deployed(hosts) -> str:
 
 
 def test_a_deploy_with_the_fleet_env_reaches_every_host(hosts, deployed):
+    """One rollout: the migration ran on the first host, in the fleet's one database."""
     for h in hosts:
         assert _serving(h) == deployed, h.name
         assert h.path("/srv/example").is_dir()
         assert (h.path(str(testbed.NGINX_SITE_DIR)) / "example.conf").exists()
         containers = ok(h, "docker ps --format '{{.Image}}'").split()
         assert f"{testbed.EXAMPLE_IMAGE}:{deployed}" in containers, (h.name, containers)
+    assert fleet._db_command(b"GET schema_version").splitlines()[1] in (b"1", b"2")
 
 
 def test_the_front_load_balancer_serves_the_fleet(hosts, deployed):
@@ -183,7 +185,7 @@ def test_a_second_up_finds_everything_running(hosts):
 def _everything(hosts) -> set[int]:
     pids = set().union(*(fleet.processes(h) for h in hosts))
     for part, name, arg in (("fleet-registry", "docker-registry", str(fleet.REGISTRY_CONFIG)),
-                            ("fleet-lb", "nginx", str(fleet.LB_CONF))):
+                            ("fleet-lb", "nginx", str(fleet.LB_CONF)), fleet._DB):
         if pid := fleet._our_pid(part, name, arg=arg):
             pids |= fleet._session(pid)  # with its workers, as a session's end kills them
     return pids

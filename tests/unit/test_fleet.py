@@ -119,3 +119,30 @@ def test_testbed_up_starts_the_fleet_only_when_asked(hosts, want, monkeypatch):
     monkeypatch.setattr(fleet, "up", lambda n, *a, **k: started.append(("fleet", n)))
     repo_tasks.testbed_up(Context(), hosts=hosts)
     assert started == want
+
+
+def test_a_host_is_found_by_its_address():
+    assert fleet.of("10.77.0.14") == fleet.host(4)
+    assert fleet.path_on("10.77.0.12", "/srv/example/state") == fleet.FLEET_DIR / "h2/srv/example/state"
+    assert fleet.front() == ("127.0.0.1", 8090)
+    for stranger in ("127.0.0.1", "10.77.0.15", "10.77.0.1"):
+        with pytest.raises(testbed.TestbedError, match="not a host of the fleet"):
+            fleet.of(stranger)
+
+
+def test_the_fleet_env_points_every_hosts_web_at_the_fleets_one_database():
+    config = configuration.load(REPO, "fleet")
+    model = configuration.compose_model(config.compose_files)
+    url = model["services"]["web"]["environment"]["REDIS_URL"]
+    assert url == f"redis://{fleet.GATEWAY}:{fleet.DB_PORT}/0"
+
+
+def test_a_hosts_nginx_is_the_single_hosts_plus_a_server_answering_on_the_site_port():
+    config = fleet.nginx_config(fleet.host(3))
+    single = testbed._nginx_config()
+    assert config.startswith(single.rstrip()[:-1])  # the same, up to the end of http {}
+    sites = config.index(f"include {testbed.NGINX_SITE_DIR}/*.conf;")
+    placeholder = config.index("listen 8080;")
+    assert sites < placeholder  # the sites first: the example's default_server wins once deployed
+    assert "default_server" not in config
+    assert 'return 404 "no site on h3\\n";' in config
