@@ -11,7 +11,9 @@ dockerd (``--live-restore``, cgroups under /dt-h{i}), an sshd on 10.77.0.1{i}:22
 key (root by the testbed's client key; FLEET_KNOWN_HOSTS lists every host's key by address) and
 an nginx with the same nginx.conf as the single host's. On this side: a second docker-registry
 serving the single host's registry storage on 10.77.0.1:5000 (image names stay
-127.0.0.1:5000/...), and a front nginx on 127.0.0.1:8090 balancing over the hosts' :8080.
+127.0.0.1:5000/...), the app's one database (redis-server on 10.77.0.1:6379: a fleet shares its
+database, the rollout migrates once; compose/fleet.yml points web at it), and a front nginx on
+127.0.0.1:8090 balancing over the hosts' :8080.
 
 ``up(n)`` is idempotent and starts again cleanly after everything was SIGKILLed (the namespaces
 and mounts outlive their processes; stale pid files and sockets are cleared). ``down()`` powers
