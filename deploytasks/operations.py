@@ -11,7 +11,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import backends, deploys, history, holder, lock, locking, maintenance, nginx, phases, progress, releases, rollout, shas
+from . import (backends, deploys, history, holder, lock, locking, maintenance, nginx, parallel, phases, progress,
+               releases, rollout, shas)
 from .config import Config
 from .remote.connection import connect
 from .remote.console import Console
@@ -34,16 +35,20 @@ class Target:
 
 @contextmanager
 def session(target: Target, host: str, interrupt: Interrupt | None = None):
-    console = Console(host, target.config.secrets())
-
-    def reopen():  # a fresh connection for undos after this one broke
-        return connect(target.config, host, accept_new_host_key=target.accept_new_host_key)
-
-    remote = Remote(reopen(), console, interrupt, reopen=reopen, command_timeout=target.config.timeout_command)
+    remote = open_remote(target, host, interrupt)
     try:
         yield remote
     finally:
         remote.close()
+
+
+def open_remote(target: Target, host: str, interrupt: Interrupt | None = None) -> Remote:
+    """One connection to `host`, which can reopen itself for undos after it broke."""
+    def reopen():
+        return connect(target.config, host, accept_new_host_key=target.accept_new_host_key)
+
+    return Remote(reopen(), Console(host, target.config.secrets()), interrupt, reopen=reopen,
+                  command_timeout=target.config.timeout_command)
 
 
 def read_state(remote: Remote, config: Config) -> HostState:
@@ -185,16 +190,14 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
     fleet = uuid.uuid4().hex[:12] if len(target.hosts) > 1 else None
     members: list[Crew] = []
     aborted: BaseException | None = None
-    with interruptible() as interrupt, ExitStack() as sessions:
+    with interruptible() as interrupt, ExitStack() as connections:
         try:
-            for host in target.hosts:  # connect and lock one host after the other: all or none
-                remote = sessions.enter_context(session(target, host, interrupt))
-                members.append(Crew(remote, locking.take(remote, layout, kind, sha, policy)))
-            states = _read_states(members, target.config)
+            members = _lock_every_host(target, layout, kind, sha, policy, interrupt, connections)
+            states = _all(members, lambda crew: read_state(crew.remote, target.config))
             plans = [plan_for(state, index == 0) for index, state in enumerate(states)]
             _check_fleet(kind, sha, members, states, plans)
-            for crew, state, plan in zip(members, states, plans):
-                crew.begin(layout, kind, state, plan, {**({"fleet": fleet} if fleet else {}), **(note or {})})
+            notes = {**({"fleet": fleet} if fleet else {}), **(note or {})}
+            _all(list(zip(members, states, plans)), lambda m: m[0].begin(layout, kind, m[1], m[2], notes))
             try:
                 rollout.roll([crew.member for crew in members], order, batch_wait=over.wait,
                              rollback=over.rollback, echo=echo)
@@ -208,18 +211,51 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
             aborted = error
             raise
         finally:
-            for crew in members:
-                crew.held.end(aborted or (crew.member.error if crew.member else None))
+            parallel.each(members, lambda crew: crew.held.end(aborted or (crew.member.error if crew.member else None)),
+                          lambda crew: crew.host)
     serving = {crew.host: crew.plan.sha for crew in members}
     if any(serving.values()):
         echo("summary: " + ", ".join(f"{host} serves {sha}" for host, sha in serving.items()))
     return serving
 
 
+def _lock_every_host(target: Target, layout: Layout, kind: str, sha: str | None, policy: lock.Policy,
+                     interrupt: Interrupt, connections: ExitStack) -> list[Crew]:
+    """Connect to every host and take its lock, all at once: all or none. If a host cannot be
+    reached or its lock is held, the locks taken are released before anything changed."""
+    def connect_and_lock(host: str) -> Crew:
+        remote = open_remote(target, host, interrupt)
+        try:
+            return Crew(remote, locking.take(remote, layout, kind, sha, policy))
+        except BaseException:
+            remote.close()
+            raise
+
+    results = parallel.each(target.hosts, connect_and_lock)
+    crews = [result for result in results if isinstance(result, Crew)]
+    for crew in crews:
+        connections.callback(crew.remote.close)
+    errors = parallel.failures(results)
+    if errors:
+        parallel.each(crews, lambda crew: crew.held.end(None), lambda crew: crew.host)
+        if len(errors) > 1 and isinstance(errors[0], DeployError):
+            errors[0].details.extend(str(error) for error in errors[1:])
+        raise errors[0]
+    return crews
+
+
+def _all(items: list, work: Callable) -> list:
+    """work(item) on every host at once; the first failure (in host order) is raised."""
+    results = parallel.each(items, work, lambda item: "")
+    errors = parallel.failures(results)
+    if errors:
+        raise errors[0]
+    return results
+
+
 def _settled(members: list[Crew], layout: Layout, echo) -> None:
     """Each host's history line, and with several hosts the rollout's table."""
-    for crew in members:
-        crew.record(layout)
+    _all(members, lambda crew: crew.record(layout))
     if len(members) > 1:
         for line in rollout.table([c.member for c in members], {c.host: c.before for c in members},
                                   {c.host: c.now for c in members}):
@@ -233,10 +269,6 @@ def _dry_run(target: Target, plan_for: Callable[[HostState, bool], Plan]) -> Non
             remote.console(f"dry run: {plan.kind} {plan.sha} to {plan.summary.get('colour')}; nothing will be changed")
             for line in plan.describe():
                 remote.console(line)
-
-
-def _read_states(members: list[Crew], config: Config) -> list[HostState]:
-    return [read_state(crew.remote, config) for crew in members]
 
 
 def _check_fleet(kind: str, sha: str | None, members: list[Crew], states: list[HostState], plans: list[Plan]) -> None:

@@ -12,12 +12,11 @@ new version. A single host is a fleet of one: the same steps, in the same order,
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from . import phases, shas
+from . import parallel, phases, shas
 from .errors import ConfigError, StepFailed
 from .remote.executor import Run
 
@@ -134,32 +133,21 @@ def _undo(member: Member) -> None:
 
 
 def _parallel(members: Sequence[Member], work: Callable[[Member], object]) -> list[Member]:
-    """`work` on every member at once, one thread each; the members whose work failed (their
-    StepFailed kept on them). Waits in short joins so Ctrl-C reaches the main thread."""
-    failed: list[Member] = []
+    """`work` on every member at once; the members whose work failed (their StepFailed kept on them)."""
 
     def one(member: Member) -> None:
         try:
             work(member)
-        except StepFailed as error:
-            member.error = member.error or error
-            failed.append(member)
-        except Exception as error:  # a bug must not leave the other hosts unsettled
-            member.error = member.error or StepFailed(f"{member.host}: {error.__class__.__name__}: {error}")
-            failed.append(member)
         finally:
             member.seconds = time.monotonic() - member.started
 
-    if len(members) == 1:  # one host: no thread, so its Ctrl-C and tracebacks stay as they were
-        one(members[0])
-        return failed
-    threads = [threading.Thread(target=one, args=(m,), name=f"rollout-{m.host}", daemon=True) for m in members]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)
-    return [m for m in members if m in failed]
+    failed = []
+    for member, result in zip(members, parallel.each(members, one, lambda m: m.host)):
+        if isinstance(result, Exception):  # a bug must not leave the other hosts unsettled either
+            member.error = member.error or (result if isinstance(result, StepFailed) else
+                                            StepFailed(f"{member.host}: {result.__class__.__name__}: {result}"))
+            failed.append(member)
+    return failed
 
 
 def table(members: Sequence[Member], before: dict[str, str | None], now: dict[str, str | None]) -> list[str]:
