@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
+import os
 import re
+import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -135,6 +136,13 @@ def deploy(name: str, **options) -> Action:
     return act
 
 
+def on_first_host(action: Action) -> Action:
+    def act(target: operations.Target) -> None:
+        action(dataclasses.replace(target, hosts=target.hosts[:1]))
+
+    return act
+
+
 def rollback(target: operations.Target) -> None:
     operations.rollback(target)
 
@@ -220,6 +228,9 @@ def fleet_scenarios(hosts: int) -> list[Scenario]:
     env, name = FLEET_ENV, f"hosts {hosts}"
     return [
         Scenario(f"{name} control (no deploy)", env, idle, None, before=serve("v1")),
+        # the yardstick: the same rollout to one of these hosts, under the same load, same machine
+        Scenario(f"{name}: one host's deploy v1->v2 (the others idle)", env, on_first_host(deploy("v2")), None,
+                 before=serve("v1")),
         Scenario(f"{name} deploy v1->v2 (batch 1)", env, deploy("v2"), "v2", before=serve("v1")),
         Scenario(f"{name} deploy v2->v3 (batch 100%)", env, deploy("v3", over=operations.Rollout.of("100%")), "v3",
                  before=serve("v2")),
@@ -243,9 +254,9 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
                                                  site=site))
                  for label, host, port in points}
         finish = scenario.during(target) if scenario.during else None
-        started = time.monotonic()
+        started, busy = time.monotonic(), _cpu_busy_s()
         scenario.action(target)
-        deploy_s = time.monotonic() - started
+        deploy_s, busy = time.monotonic() - started, _cpu_busy_s() - busy
         extra = finish() if finish else {}
     summaries = {label: summarize(load.samples, new_sha, maintenance_ok=scenario.window)
                  for label, load in loads.items()}
@@ -261,6 +272,9 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
         "p99_ms": summary.p99_ms,
         "errors": summary.errors,
         "clients": max(2, clients // len(points)) * len(points),
+        # the whole machine's CPU during the action (load, nginx and every emulated host included),
+        # as a share of all its cores: near 1.0, the action was bound by this machine's CPU
+        "cpu_busy": round(busy / (deploy_s * (os.cpu_count() or 1)), 2) if deploy_s else 0.0,
         **({"hosts": len(target.hosts), "through": {label: {"requests": each.requests, "failed": each.failed,
                                                             "max_gap_s": each.max_gap_s,
                                                             "regressions": each.regressions}
@@ -278,11 +292,11 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'scenario':58} {'requests':>8} {'failed':>7} {'max_gap_s':>9} {'regress':>7} {'deploy_s':>8}"
-             f" {'p50_ms':>6} {'p99_ms':>6} {'window_s':>8}"]
+             f" {'p50_ms':>6} {'p99_ms':>6} {'cpu':>4} {'window_s':>8}"]
     for row in rows:
         window = f"{row['window_s']:>8.2f}" if "window_s" in row else f"{'':>8}"
         lines.append(f"{row['scenario']:58} {row['requests']:>8} {row['failed']:>7} {row['max_gap_s']:>9.3f} "
-                     f"{row['regressions']:>7} {row['deploy_s']:>8.1f} {row['p50_ms']:>6.1f} {row['p99_ms']:>6.1f} "
+                     f"{row['regressions']:>7} {row['deploy_s']:>8.1f} {row['p50_ms']:>6.1f} {row['p99_ms']:>6.1f} {row['cpu_busy']:>4.2f} "
                      f"{window}")
         for key in ("long_request", "websocket", "through"):
             if key in row:
@@ -326,6 +340,13 @@ def run(root: Path, out: str | None = None, scenarios: list[Scenario] | None = N
         Path(out).write_text(json.dumps(rows, indent=2) + "\n")
         echo(f"wrote {out}")
     return rows
+
+
+def _cpu_busy_s() -> float:
+    """CPU seconds this machine has spent busy since boot, all cores (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _state(target: operations.Target) -> HostState:
