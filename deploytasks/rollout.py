@@ -1,6 +1,7 @@
 """One release to many hosts: prepare all at once, switch in batches, and undo like a circuit breaker.
 
-    prepare (every host, in parallel: up to the switch, the new colour started and ready)
+    prepare (every host, in parallel: up to the start of the new colour)
+    -> migrate (the first host alone) -> start (every host, in parallel: the new colour started, ready)
     -> switch batch 1 (switch + check through that host's nginx) -> [--batch-wait] -> batch 2 ...
     -> finish (every host, in parallel: drain the old colour, clean up)
 
@@ -74,9 +75,15 @@ def roll(members: Sequence[Member], order: list[list[str]], *, batch_wait: float
     """Run every member's plan as above; raises the first failure once every host is settled."""
     by_host = {member.host: member for member in members}
     try:
-        failed = _parallel(members, lambda m: m.run.before(phases.SWITCH))
-        if failed:
-            _settle(members, failed, rollback, echo)
+        # prepared up to the new colour's start, then the migration (the first host's plan alone
+        # has one), then every new colour starts: as on one host, none boots before its schema
+        for stage, migrates_only in ((lambda m: m.run.before(phases.MIGRATE, phases.START), False),
+                                     (lambda m: m.run.through(phases.MIGRATE), True),
+                                     (lambda m: m.run.before(phases.SWITCH), False)):
+            who = [m for m in members if not migrates_only or m.run.next_phase == phases.MIGRATE]
+            failed = _parallel(who, stage)
+            if failed:
+                _settle(members, failed, rollback, echo)
         for number, hosts in enumerate(order, start=1):
             batch = [by_host[host] for host in hosts]
             if len(order) > 1:

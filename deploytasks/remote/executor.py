@@ -218,9 +218,13 @@ class Run:
     def phases(self) -> list[str]:
         return [step.phase for step in self.done]
 
-    def before(self, phase: str) -> Outcome:
-        """The steps up to the first one of `phase` (all of them if the plan has none)."""
-        while not self.finished and self.plan.steps[self.position].phase != phase:
+    @property
+    def next_phase(self) -> str | None:
+        return None if self.finished else self.plan.steps[self.position].phase
+
+    def before(self, *phases: str) -> Outcome:
+        """The steps up to the first one of any of `phases` (all of them if none is left)."""
+        while not self.finished and self.next_phase not in phases:
             self._step(self.plan.steps[self.position])
         return self.outcome
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import shlex
+import time
 
 import pytest
 
@@ -257,3 +258,28 @@ def test_a_switch_back_that_fails_is_recorded_as_not_undone(fleet, config):
     assert record["outcome"] == "failed, not undone" and "switch" in record["failed_after"]
     marker = [c for c in fleet[HOSTS[0]].commands if "state/deploying" in c][-1]
     assert "undo failed" in marker or "undo-failed" in marker, marker
+
+
+def test_no_host_starts_its_new_colour_before_the_migration_has_run(fleet, config):
+    """As on one host: the new version never boots on the old schema, on any host."""
+    seen: list[tuple[str, str]] = []
+    start = re.compile(r"docker compose -p example-blue .* up -d")
+
+    def slow_migration(host):
+        time.sleep(0.5)  # a start that did not wait for it would come in between
+        seen.append((host, "migrated"))
+
+    for host, transport in fleet.items():
+        transport.on(MIGRATE, lambda host=host: slow_migration(host))
+        transport.on(start, lambda host=host: seen.append((host, "start")))
+    operations.deploy(target(config), SHA)
+    assert seen[0] == (HOSTS[0], "migrated") and sorted(seen[1:]) == [(h, "start") for h in HOSTS], seen
+
+
+def test_a_failing_migration_starts_no_host(fleet, config):
+    fleet[HOSTS[0]].answer(MIGRATE, exited=1, stderr="relation does not exist", first=True)
+    with pytest.raises(StepFailed, match="migrat|example-migrate"):
+        operations.deploy(target(config), SHA)
+    started = [t.host for t in fleet.values() for c in t.commands if re.search(r"up -d", c) and "example-blue" in c]
+    assert not started, started
+    assert [history_of(fleet[h])[-1]["outcome"] for h in HOSTS] == ["failed", "undone", "undone"]
