@@ -40,8 +40,8 @@ import requests
 from deploytasks import nginx
 from harness import testbed
 from harness.testbed import (LOG_DIR, NGINX_CONF, NGINX_ERROR_LOG, NGINX_PID, NGINX_SITE_DIR, STATE_DIR,
-                             TestbedError, _alive, _cmdline, _last_line, _pid_file, _read_pid, _run, _spawn,
-                             _stop_pid, _wait_for)
+                             TestbedError, _alive, _cmdline, _last_line, _pid_file, _read_pid, _run, _session,
+                             _spawn, _spawn_anew, _stop_pid, _terminate, _wait_for)
 
 Echo = Callable[[str], None]
 
@@ -65,7 +65,6 @@ LB_CONF = LB_DIR / "nginx.conf"
 LB_PID = LB_DIR / "nginx.pid"
 DOCKERD = "/usr/sbin/dockerd"
 HOST_MARKER = "/run/dt-fleet-host"  # inside a host: its name, written when its mounts were made
-STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL for what is left in a host at down()
 
 # path inside a host -> its directory under FLEET_DIR/h{i}
 BINDS = {"/srv": "srv", "/var/lib/docker": "docker", str(NGINX_CONF.parent): "nginx", "/tmp": "tmp"}
@@ -457,7 +456,7 @@ def _our_pid(part: str, daemon: str, h: Host | None = None, arg: str | None = No
     """The recorded pid of a part while that very daemon still runs it: its argv[0] names the
     daemon, and it runs in the host's network namespace (or, for this side's, has `arg` on its
     command line). The single host runs daemons of the same names: never mistake one of those
-    for ours. A stale pid file is kept: _start() stops what that daemon left, down() removes it."""
+    for ours. A stale pid file is kept: _spawn_anew() stops what that daemon left, down() removes it."""
     pid = _read_pid(part)
     if pid is None:
         return None
@@ -465,19 +464,6 @@ def _our_pid(part: str, daemon: str, h: Host | None = None, arg: str | None = No
     if _alive(pid) and daemon in argv[0] and (_in_ns(pid, h) if h else arg in " ".join(argv).split()):
         return pid
     return None
-
-
-def _session(sid: int) -> set[int]:
-    """The processes of the session a daemon led (_spawn starts each in its own session)."""
-    members = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
-                    members.add(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return members
 
 
 def _stop(part: str, daemon: str, h: Host | None = None, arg: str | None = None) -> str | None:
@@ -491,15 +477,6 @@ def _stop(part: str, daemon: str, h: Host | None = None, arg: str | None = None)
         result = f"was not running{f'; what it left: {result}' if result else ''} (stale pid {old})"
     _pid_file(part).unlink(missing_ok=True)
     return result
-
-
-def _start(part: str, cmd: list[str]) -> tuple[int, Path]:
-    """_spawn, after stopping what a killed daemon of this part left (nginx's workers, which
-    keep its listening sockets). Its pid is dead, so no new session can have that id."""
-    old = _read_pid(part)
-    if old is not None and not _alive(old):
-        _terminate({p for p in _session(old) if p != old})
-    return _spawn(part, cmd)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -581,7 +558,7 @@ def _step_registry() -> str:
         _wait_for("fleet registry", _registry_answers, 10, pid, LOG_DIR / "fleet-registry.log")
         return f"already running (pid {pid})"
     REGISTRY_CONFIG.write_text(registry_config())
-    pid, log = _start("fleet-registry", ["/usr/bin/docker-registry", "serve", str(REGISTRY_CONFIG)])
+    pid, log = _spawn_anew("fleet-registry", ["/usr/bin/docker-registry", "serve", str(REGISTRY_CONFIG)])
     _wait_for("fleet registry", _registry_answers, 30, pid, log)
     return f"started (pid {pid}, {GATEWAY}:{REGISTRY_PORT})"
 
@@ -637,7 +614,7 @@ def _step_db() -> str:
         _wait_for("fleet database", _db_answers, 10, pid, LOG_DIR / "fleet-db.log")
         return f"already running (pid {pid})"
     DB_DIR.mkdir(parents=True, exist_ok=True)
-    pid, log = _start("fleet-db", ["/usr/bin/redis-server", "--bind", GATEWAY, "--port", str(DB_PORT),
+    pid, log = _spawn_anew("fleet-db", ["/usr/bin/redis-server", "--bind", GATEWAY, "--port", str(DB_PORT),
                                    "--dir", str(DB_DIR), "--appendonly", "yes", "--save", "",
                                    "--protected-mode", "no", "--daemonize", "no", "--logfile", ""])
     _wait_for("fleet database", _db_answers, 20, pid, log)
@@ -768,7 +745,7 @@ def _step_relay(h: Host) -> str:
     if pid := _our_pid(part, "socat", h):
         _wait_for(f"{h.name} registry relay", lambda: _relay_answers(h), 10, pid, LOG_DIR / f"{part}.log")
         return f"already running (pid {pid})"
-    pid, log = _start(part, h.enter("/usr/bin/socat", f"TCP-LISTEN:{REGISTRY_PORT},bind=127.0.0.1,fork,reuseaddr",
+    pid, log = _spawn_anew(part, h.enter("/usr/bin/socat", f"TCP-LISTEN:{REGISTRY_PORT},bind=127.0.0.1,fork,reuseaddr",
                                     f"TCP:{GATEWAY}:{REGISTRY_PORT}"))
     _wait_for(f"{h.name} registry relay", lambda: _relay_answers(h), 10, pid, log)
     return f"started (pid {pid}, 127.0.0.1:{REGISTRY_PORT} -> {GATEWAY}:{REGISTRY_PORT})"
@@ -868,7 +845,7 @@ def _step_sshd(h: Host) -> str:
     if pid := _our_pid(part, "sshd", h):
         return f"already running (pid {pid})"
     _run(h.enter("/usr/sbin/sshd", "-t", "-f", str(config_file)))
-    pid, log = _start(part, h.enter("/usr/sbin/sshd", "-D", "-f", str(config_file), "-E", str(LOG_DIR / f"{part}.log")))
+    pid, log = _spawn_anew(part, h.enter("/usr/sbin/sshd", "-D", "-f", str(config_file), "-E", str(LOG_DIR / f"{part}.log")))
     _wait_for(f"{h.name} sshd", lambda: _port_open(h.address, 22), 20, pid, log)
     return f"started (pid {pid}, {h.address}:22)"
 
@@ -921,7 +898,7 @@ def _step_nginx(h: Host) -> str:
         return f"already running (pid {pid})"
     note = _set_aside_broken_sites(h, base) + _remove_stale_sockets(h)
     _run(h.enter(*base, "-t", "-q"))
-    pid, log = _start(part, h.enter(*base, "-g", "daemon off;"))
+    pid, log = _spawn_anew(part, h.enter(*base, "-g", "daemon off;"))
     _wait_for(f"{h.name} nginx", lambda: _nginx_master(h) == pid, 10, pid, h.path(str(NGINX_ERROR_LOG)))
     return f"started (pid {pid}{note})"
 
@@ -979,7 +956,7 @@ _HOST_CHECKS: list[tuple[str, Callable[[Host], tuple[bool, str]]]] = [
 def _down_host(h: Host, echo: Echo) -> None:
     """Daemons newest first (dockerd leaves the containers: --live-restore), then everything
     still in the host (containers, shims, containerd, an app's gunicorn): SIGTERM, then SIGKILL
-    after STOP_GRACE. Then the handles: with no process and no handle, the namespaces are gone."""
+    after testbed.LEFTOVER_GRACE. Then the handles: with no process and no handle, the namespaces are gone."""
     for daemon, name in (("nginx", "nginx"), ("sshd", "sshd"), ("dockerd", "dockerd"), ("relay", "socat")):
         started = time.monotonic()
         if result := _stop(h.part(daemon), name, h):
@@ -1002,27 +979,6 @@ def _down_host(h: Host, echo: Echo) -> None:
         notes.append(f"{cgroups} cgroup dir(s)")
     if notes:
         echo(f"{h.name}: removed {', '.join(notes)}")
-
-
-def _terminate(pids: set[int]) -> str:
-    pids = {p for p in pids if _alive(p)}
-    if not pids:
-        return ""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + STOP_GRACE
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.1)
-    killed = [p for p in pids if _alive(p)]
-    for pid in killed:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return f"{len(pids)} stopped" + (f" ({len(killed)} by SIGKILL after {STOP_GRACE}s)" if killed else "")
 
 
 def _remove_cgroups(h: Host) -> int:
@@ -1065,7 +1021,7 @@ def _step_lb(fleet: list[Host]) -> str:
             return f"reloaded for {len(fleet)} hosts (pid {pid})"
         return f"already running (pid {pid})"
     _run([*base, "-t", "-q"])
-    pid, log = _start("fleet-lb", [*base, "-g", "daemon off;"])
+    pid, log = _spawn_anew("fleet-lb", [*base, "-g", "daemon off;"])
     _wait_for("fleet load balancer", lambda: _lb_master() == pid, 10, pid, LB_DIR / "error.log")
     return f"started (pid {pid}, http://{LB_LISTEN} -> {len(fleet)} hosts :{SITE_PORT})"
 

@@ -59,6 +59,7 @@ REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 PID_DIR = STATE_DIR / "pids"
+LEFTOVER_GRACE = 10  # seconds between SIGTERM and SIGKILL for what a killed daemon left
 COMPOSE_PLUGIN = STATE_DIR / "bin" / "docker-compose"  # what ~/.docker/cli-plugins/docker-compose links to
 LOG_DIR = STATE_DIR / "logs"
 SSH_DIR = STATE_DIR / "ssh"
@@ -247,6 +248,50 @@ def _spawn(part: str, cmd: list[str]) -> tuple[int, Path]:
                                 start_new_session=True, close_fds=True)
     _pid_file(part).write_text(f"{proc.pid}\n")
     return proc.pid, log
+
+
+def _spawn_anew(part: str, cmd: list[str]) -> tuple[int, Path]:
+    """_spawn, after stopping what a killed daemon of this part left (nginx's workers outlive
+    a SIGKILLed master and keep its listening sockets). Its pid is dead, so no new session
+    can have that id."""
+    old = _read_pid(part)
+    if old is not None and not _alive(old):
+        _terminate({p for p in _session(old) if p != old})
+    return _spawn(part, cmd)
+
+
+def _session(sid: int) -> set[int]:
+    """The processes of the session a daemon led (_spawn starts each in its own session)."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
+                    members.add(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return members
+
+
+def _terminate(pids: set[int]) -> str:
+    pids = {p for p in pids if _alive(p)}
+    if not pids:
+        return ""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + LEFTOVER_GRACE
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    killed = [p for p in pids if _alive(p)]
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return f"{len(pids)} stopped" + (f" ({len(killed)} by SIGKILL after {LEFTOVER_GRACE}s)" if killed else "")
 
 
 def _stop_pid(part: str, pid: int, timeout: float = 30) -> str:
@@ -1114,9 +1159,9 @@ def _step_nginx(echo: Echo) -> str:
         return f"already running (pid {pid}, not started by this testbed run, left alone)"
     NGINX_CONF.write_text(_nginx_config())
     base = ["/usr/sbin/nginx", "-e", str(NGINX_ERROR_LOG), "-c", str(NGINX_CONF)]
-    note = _set_aside_broken_sites(base) + _remove_stale_sockets()
+    note = _set_aside_broken_sites(base) + _stop_orphaned_workers() + _remove_stale_sockets()
     _run([*base, "-t", "-q"])
-    pid, log = _spawn("nginx", [*base, "-g", "daemon off;"])
+    pid, log = _spawn_anew("nginx", [*base, "-g", "daemon off;"])
     _wait_for("nginx", lambda: _nginx_master() == pid, 10, pid, NGINX_ERROR_LOG)
     return f"started (pid {pid}, {NGINX_CONF}{note})"
 
@@ -1131,6 +1176,23 @@ def _set_aside_broken_sites(base: list[str]) -> str:
     for site in sites:
         site.rename(aside / site.name)
     return f", {len(sites)} site(s) failing nginx -t moved to {aside}"
+
+
+def _stop_orphaned_workers() -> str:
+    """nginx processes in this network namespace whose master was killed (their session's leader
+    is gone): they keep listening on the sites' ports, so a new nginx could not bind them."""
+    ours = os.stat("/proc/self/ns/net").st_ino
+    orphans = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or not _cmdline(int(entry.name))[0].startswith("nginx: "):
+                continue
+            sid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3])
+            if not _alive(sid) and os.stat(entry / "ns" / "net").st_ino == ours:
+                orphans.add(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return f", orphaned workers of a killed nginx: {_terminate(orphans)}" if orphans else ""
 
 
 def _remove_stale_sockets() -> str:

@@ -96,8 +96,8 @@ def test_nginx_master_is_alive():
 
 
 def test_nginx_starts_again_after_a_kill_left_its_unix_sockets(tmp_path):
-    """A killed nginx (or a CI session that ended) leaves the socket files of `listen unix:`;
-    nginx cannot bind them again, so testbed.up must remove them before starting it."""
+    """A killed nginx master (or a CI session that ended) leaves workers holding its ports and
+    the socket files of `listen unix:`; testbed.up must clear both before starting nginx again."""
     sock = tmp_path / "relay.sock"
     site = testbed.NGINX_SITE_DIR / "zz-killed-nginx-test.conf"
     site.write_text(f"server {{\n    listen unix:{sock};\n    return 200 'relayed';\n}}\n")
@@ -106,11 +106,13 @@ def test_nginx_starts_again_after_a_kill_left_its_unix_sockets(tmp_path):
         subprocess.run(["nginx", *conf, "-s", "reload"], check=True)
         _wait(sock.is_socket)
         master = int((testbed.STATE_DIR / "nginx" / "nginx.pid").read_text())
-        os.killpg(os.getpgid(master), 9)  # master and workers, as when a session's processes are killed
-        _wait(lambda: subprocess.run(["pgrep", "-g", str(master)], capture_output=True).returncode == 1)
+        os.kill(master, 9)  # the master alone: its workers live on, orphaned, holding the ports
+        _wait(lambda: not testbed._alive(master))
+        assert testbed._session(master) - {master}, "its workers live on"
         assert sock.is_socket(), "the kill left the socket file"
         result = testbed._step_nginx(lambda *_: None)
-        assert "stale socket(s) removed" in result and "started" in result, result
+        assert "orphaned workers of a killed nginx" in result and "stale socket(s) removed" in result, result
+        assert not {pid for pid in testbed._session(master) if testbed._alive(pid)}, "none left"
         answer = subprocess.run(["curl", "-sS", "-m", "5", "--unix-socket", str(sock), "http://app/"],
                                 capture_output=True, text=True, timeout=10)
         assert answer.stdout == "relayed", answer
