@@ -40,8 +40,9 @@ import requests
 from deploytasks import nginx
 from harness import testbed
 from harness.testbed import (LOG_DIR, NGINX_CONF, NGINX_ERROR_LOG, NGINX_PID, NGINX_SITE_DIR, STATE_DIR,
-                             TestbedError, _alive, _cmdline, _last_line, _pid_file, _read_pid, _run, _session,
-                             _spawn, _spawn_anew, _stop_pid, _terminate, _wait_for)
+                             TestbedError, _alive, _cmdline, _last_line, _pid_file, _read_pid, _remove_stale_sockets,
+                             _run, _session, _set_aside_broken_sites, _spawn, _spawn_anew, _stop_pid, _terminate,
+                             _wait_for)
 
 Echo = Callable[[str], None]
 
@@ -896,34 +897,13 @@ def _step_nginx(h: Host) -> str:
             os.kill(pid, signal.SIGHUP)
             return f"reloaded with a new nginx.conf (pid {pid})"
         return f"already running (pid {pid})"
-    note = _set_aside_broken_sites(h, base) + _remove_stale_sockets(h)
+    site_dir = h.path(str(NGINX_SITE_DIR))
+    note = (_set_aside_broken_sites(h.enter(*base, "-t", "-q"), site_dir)
+            + _remove_stale_sockets(site_dir, h.path))
     _run(h.enter(*base, "-t", "-q"))
     pid, log = _spawn_anew(part, h.enter(*base, "-g", "daemon off;"))
     _wait_for(f"{h.name} nginx", lambda: _nginx_master(h) == pid, 10, pid, h.path(str(NGINX_ERROR_LOG)))
     return f"started (pid {pid}{note})"
-
-
-def _set_aside_broken_sites(h: Host, base: list[str]) -> str:
-    site_dir = h.path(str(NGINX_SITE_DIR))
-    sites = list(site_dir.glob("*.conf"))
-    if not sites or _run(h.enter(*base, "-t", "-q"), check=False).returncode == 0:
-        return f", {len(sites)} site(s) kept" if sites else ", empty conf.d"
-    aside = site_dir.parent / f"conf.d.broken-{time.strftime('%Y%m%d-%H%M%S')}"
-    aside.mkdir()
-    for site in sites:
-        site.rename(aside / site.name)
-    return f", {len(sites)} site(s) failing nginx -t moved to {aside}"
-
-
-def _remove_stale_sockets(h: Host) -> str:
-    """Socket files the sites listen on that a killed nginx left (no nginx of this host runs)."""
-    paths = [p for site in h.path(str(NGINX_SITE_DIR)).glob("*.conf") for p in nginx.listened_sockets(site.read_text())]
-    if not paths:
-        return ""
-    proc = _run(h.enter("sh", "-c", 'for p; do [ -S "$p" ] && rm -f "$p" && echo "$p"; done; true', "sh", *paths),
-                timeout=20)
-    removed = proc.stdout.split()
-    return f", {len(removed)} stale socket(s) removed" if removed else ""
 
 
 def _check_nginx(h: Host) -> tuple[bool, str]:

@@ -1159,19 +1159,20 @@ def _step_nginx(echo: Echo) -> str:
         return f"already running (pid {pid}, not started by this testbed run, left alone)"
     NGINX_CONF.write_text(_nginx_config())
     base = ["/usr/sbin/nginx", "-e", str(NGINX_ERROR_LOG), "-c", str(NGINX_CONF)]
-    note = _set_aside_broken_sites(base) + _stop_orphaned_workers() + _remove_stale_sockets()
+    note = _set_aside_broken_sites([*base, "-t", "-q"]) + _stop_orphaned_workers() + _remove_stale_sockets()
     _run([*base, "-t", "-q"])
     pid, log = _spawn_anew("nginx", [*base, "-g", "daemon off;"])
     _wait_for("nginx", lambda: _nginx_master() == pid, 10, pid, NGINX_ERROR_LOG)
     return f"started (pid {pid}, {NGINX_CONF}{note})"
 
 
-def _set_aside_broken_sites(base: list[str]) -> str:
-    """Sites deploytasks wrote earlier are kept; only if they break `nginx -t` are they moved aside."""
-    sites = list(NGINX_SITE_DIR.glob("*.conf"))
-    if not sites or _run([*base, "-t", "-q"], check=False).returncode == 0:
+def _set_aside_broken_sites(test: list[str], site_dir: Path = NGINX_SITE_DIR) -> str:
+    """Sites deploytasks wrote earlier are kept; only if they break `test` (nginx -t) are they
+    moved aside. `site_dir` as seen from here (a fleet host's, through its bind mount)."""
+    sites = list(site_dir.glob("*.conf"))
+    if not sites or _run(test, check=False).returncode == 0:
         return f", {len(sites)} site(s) kept" if sites else ", empty conf.d"
-    aside = NGINX_SITE_DIR.parent / f"conf.d.broken-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside = site_dir.parent / f"conf.d.broken-{time.strftime('%Y%m%d-%H%M%S')}"
     aside.mkdir()
     for site in sites:
         site.rename(aside / site.name)
@@ -1195,12 +1196,12 @@ def _stop_orphaned_workers() -> str:
     return f", orphaned workers of a killed nginx: {_terminate(orphans)}" if orphans else ""
 
 
-def _remove_stale_sockets() -> str:
+def _remove_stale_sockets(site_dir: Path = NGINX_SITE_DIR, seen: Callable[[str], Path] = Path) -> str:
     """What a killed nginx (or a session that ended) left: socket files its sites listen on, which
     nginx cannot bind again. No nginx of ours runs here, so none is live (on a server, the systemd
-    drop-in deploytasks writes does the same)."""
-    stale = [Path(path) for site in NGINX_SITE_DIR.glob("*.conf")
-             for path in nginx.listened_sockets(site.read_text()) if Path(path).is_socket()]
+    drop-in deploytasks writes does the same). `seen`: where a path of the sites is seen from here."""
+    stale = [seen(path) for site in site_dir.glob("*.conf")
+             for path in nginx.listened_sockets(site.read_text()) if seen(path).is_socket()]
     for path in stale:
         path.unlink()
     return f", {len(stale)} stale socket(s) removed" if stale else ""
