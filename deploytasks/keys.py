@@ -235,7 +235,8 @@ KEYS: tuple[Key, ...] = (
     Key("APP_NAME", None, Match(NAME_RE, "lowercase letters, digits and '-', starting with a letter"),
         "lowercase name: compose projects `<app>`, `<app>-blue`, `<app>-green`, the nginx site `<app>.conf`"),
     Key("HOSTS", None, Items(HOST_RE, "hostnames or IP addresses"),
-        "comma-separated hostnames or addresses"),
+        "comma-separated hostnames or addresses; several are one rollout (see Several hosts), the first "
+        "runs the migration"),
     Key("MODE", "containers", Choice(MODES),
         "`containers` (Compose) or `processes` (gunicorn on the host)"),
     Key("SSH_USER", "root", Match(USER_RE, "a Unix user name"),
