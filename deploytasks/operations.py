@@ -15,7 +15,7 @@ from . import (backends, deploys, history, holder, lock, locking, maintenance, n
                releases, rollout, shas)
 from .config import Config
 from .remote.connection import connect
-from .remote.console import Console
+from .remote.console import Console, columns
 from .errors import ConfigError, ConnectError, DeployError, StepFailed
 from .remote.executor import Detached, Interrupt, Remote, Run, interruptible
 from .remote.transport import TransportError
@@ -429,8 +429,7 @@ def fleet_table(hosts: tuple[str, ...], states: dict[str, HostState]) -> list[st
                      "on" if state.maintenance else "off", "held" if state.lock else "-",
                      f"{last.get('kind', '')} {str(last.get('sha') or '')[:12]} {last.get('outcome', '')}".strip()
                      or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = columns(rows)
     serving = {row[1] for row in rows[1:] if row[1] != "?"}
     return lines + ([f"!! the hosts serve different versions: {', '.join(sorted(serving))}"] if len(serving) > 1 else [])
 

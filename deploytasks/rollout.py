@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from . import parallel, phases, shas
 from .errors import ConfigError, StepFailed
+from .remote.console import columns
 from .remote.executor import Run
 
 # what became of a host
@@ -163,8 +164,7 @@ def table(members: Sequence[Member], before: dict[str, str | None], now: dict[st
     for m in members:
         rows.append((m.host, _short(before.get(m.host)), _short(now.get(m.host)), m.outcome or "-",
                      f"{m.seconds:.1f}s"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return columns(rows)
 
 
 def _short(sha: str | None) -> str:

@@ -349,16 +349,13 @@ def _cpu_busy_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _state(target: operations.Target) -> HostState:
-    return _states(target)[0]
+def _state(target: operations.Target, host: str | None = None) -> HostState:
+    with operations.session(target, host or target.hosts[0]) as remote:
+        return operations.read_state(remote, target.config)
 
 
 def _states(target: operations.Target) -> list[HostState]:
-    states = []
-    for host in target.hosts:
-        with operations.session(target, host) as remote:
-            states.append(operations.read_state(remote, target.config))
-    return states
+    return [_state(target, host) for host in target.hosts]
 
 
 def _on_live(target: operations.Target, act: Callable[[Remote, HostState], None]) -> None:

@@ -9,6 +9,12 @@ MASK = "********"
 _lock = threading.Lock()
 
 
+def columns(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows of cells as aligned lines (the end-of-rollout and `status` tables)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
 class Console:
     def __init__(self, host: str = "", secrets: list[str] | None = None, stream=None):
         self.prefix = f"[{host}] " if host else ""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from deploytasks import lock, locking, operations, registry, rollout
+from deploytasks import lock, locking, operations, progress, registry, rollout
 from deploytasks.errors import ConfigError, DeployError, StepFailed
 from harness.memory import MemoryTransport
 
@@ -257,7 +257,7 @@ def test_a_switch_back_that_fails_is_recorded_as_not_undone(fleet, config):
     record = history_of(fleet[HOSTS[0]])[-1]
     assert record["outcome"] == "failed, not undone" and "switch" in record["failed_after"]
     marker = [c for c in fleet[HOSTS[0]].commands if "state/deploying" in c][-1]
-    assert "undo failed" in marker or "undo-failed" in marker, marker
+    assert progress.UNDO_FAILED in marker, marker
 
 
 def test_no_host_starts_its_new_colour_before_the_migration_has_run(fleet, config):
