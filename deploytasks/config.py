@@ -76,6 +76,9 @@ class Config:
     health_timeout: float
     health_interval: float
     drain_timeout: float
+    monitor_seconds: float
+    nginx_access_log: str
+    probe_rate: float
     web_port: int | None
     web_host_ports: tuple[int, int]
     static_url: str
@@ -241,6 +244,9 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
         health_timeout=values["HEALTH_TIMEOUT"],
         health_interval=values["HEALTH_INTERVAL"],
         drain_timeout=values["DRAIN_TIMEOUT"],
+        monitor_seconds=values["MONITOR_SECONDS"],
+        nginx_access_log=values["NGINX_ACCESS_LOG"],
+        probe_rate=values["PROBE_RATE"],
         web_port=values["WEB_PORT"],
         web_host_ports=_host_ports(values["WEB_HOST_PORTS"], app_name, problems),
         static_url=values["STATIC_URL"],

@@ -1,7 +1,7 @@
 """The deploy and rollback skeleton every kind of release shares.
 
-    prepare -> stage (backend) -> nginx site -> migrate -> start new -> ready
-            -> switch -> check through nginx -> drain old -> cleanup
+    prepare -> stage (backend) -> nginx site -> migrate -> start new -> ready -> probe starts
+            -> switch -> check through nginx -> watch (old still running) -> drain old -> cleanup
 
 Everything before the switch happens beside the live colour, which keeps serving; a failure
 anywhere stops the new colour and, past the switch, swaps traffic back. With `window`
@@ -10,7 +10,7 @@ maintenance window covers only: stop old, migrate, ready, switch.
 """
 from __future__ import annotations
 
-from . import maintenance, nginx, phases, traffic
+from . import maintenance, nginx, phases, probe, traffic
 from .backends import Backend
 from .config import Config
 from .facts import HostState, release_sha
@@ -20,7 +20,7 @@ from .releases import cleanup_step, prepare_step, to_delete
 
 
 def deploy(config: Config, state: HostState, backend: Backend, sha: str, release: str, *, migrate: bool = True,
-           kind: str = "deploy", window: bool = False) -> Plan:
+           kind: str = "deploy", window: bool = False, probing: bool = True) -> Plan:
     layout = Layout.of(config)
     live = state.live
     new = backend.colour(state, other(live), release)
@@ -45,23 +45,25 @@ def deploy(config: Config, state: HostState, backend: Backend, sha: str, release
                   traffic.verify(config, sha, new.colour)]
     else:
         switch, *after = traffic.switch_over(config, state, new.colour, release, sha, old)
-        steps += [*migration, new.start(fresh=True), new.ready(), *new.assets(), switch,
+        steps += [*migration, new.start(fresh=True), new.ready(), *new.assets(), *probe.start_step(config, probing), switch,
                   *([site] if site_after_switch else []), *after]
     steps.append(_cleanup(config, state, backend, release))
     return Plan(kind, sha, tuple(steps), {"colour": new.colour, "release": release,
-                                          "previous": release_sha(state.release_of(live)), "window": window})
+                                          "previous": release_sha(state.release_of(live)), "window": window,
+                                          "probe_interval": None if window else probe.interval(config, probing)})
 
 
-def rollback(config: Config, state: HostState, backend: Backend) -> Plan:
+def rollback(config: Config, state: HostState, backend: Backend, *, probing: bool = True) -> Plan:
     """Back to the colour that served before: it is stopped, not gone (containers kept, release
     and virtualenv kept), so this is a start, a gate and a switch; no pull, no build, no migration."""
     colour, release, sha = traffic.rollback_target(state)
     target = backend.colour(state, colour, release)
     old = backend.colour(state, state.live, state.release_of(state.live))
-    steps = [target.start(fresh=False), target.ready(),
+    steps = [target.start(fresh=False), target.ready(), *probe.start_step(config, probing),
              *traffic.switch_over(config, state, colour, release, sha, old)]
     return Plan("rollback", sha, tuple(steps), {"colour": colour, "release": release,
-                                                "previous": release_sha(state.release_of(state.live))})
+                                                "previous": release_sha(state.release_of(state.live)),
+                                                "probe_interval": probe.interval(config, probing)})
 
 
 def _cleanup(config: Config, state: HostState, backend: Backend, release: str) -> Step:

@@ -276,6 +276,10 @@ KEYS: tuple[Key, ...] = (
         "a directory the main config includes; the site is written as `<app>.conf`"),
     Key("NGINX_LISTEN", "80", PORT,
         "port the site listens on"),
+    Key("NGINX_ACCESS_LOG", "/var/log/nginx/access.log", Match(re.compile(r"^(off|/\S+)$"), "`off` or a path"),
+        "the site's access log: the site also logs its 5xx answers apart (for the watch after the switch), and an "
+        "nginx server with any access_log of its own no longer inherits the http level's, so the site sets this "
+        "one again (Debian's and Ubuntu's default path); `off`: none"),
     Key("SERVER_NAME", "_", Match(SERVER_NAMES_RE, "nginx server names"),
         "nginx `server_name` (space-separated names)"),
     Key("HEALTH_PATH", "/healthz", URL_PATH,
@@ -319,6 +323,14 @@ KEYS: tuple[Key, ...] = (
         "seconds the old colour keeps serving the connections it has after the switch (long requests, "
         "WebSockets): it stops once they have all closed or this has passed, whichever is first; also gunicorn's "
         "`--graceful-timeout` (compose stop grace is this + 5)"),
+    Key("MONITOR_SECONDS", "5", Number(0, 600),
+        "after the switch, seconds the new colour is watched while the old one still runs: readiness and version "
+        "through nginx, and the 5xx answers nginx logs for the site; a failure sends traffic back to the old "
+        "colour at once and fails the deploy. 0: no watch"),
+    Key("PROBE_RATE", "10", Number(0, 100),
+        "requests per second of the probe each deploy and rollback runs on the host through its nginx, from just "
+        "before the switch until the drain ends (what the deploy's users saw: failed requests, longest gap, old "
+        "answers after new); 0 turns it off, as `--no-probe` does for one deploy"),
     Key("MIGRATE_COMMAND", "", Command(),
         "command run in a one-off container of the new web image before any traffic moves",
         shown="empty (no migrations)"),

@@ -50,7 +50,29 @@ def _placeholders(config: Config) -> dict[str, object]:
         "maintenance_flag": layout.maintenance_flag,
         "retry_after": RETRY_AFTER_SECONDS,
         "maintenance_page": _nginx_string(config.maintenance_page.read_text(), config),
+        "log_formats": log_formats(config),
+        "logs": logs(config),
     }
+
+
+def errors_log(config: Config) -> str:
+    """The 5xx answers of the app (not nginx's maintenance page: it has no upstream), one line
+    each, which a deploy's watch reads (MONITOR_SECONDS)."""
+    return f"{Layout.of(config).run}/nginx-5xx.log"
+
+
+def log_formats(config: Config) -> str:
+    var = _variable_prefix(config)
+    return (f'map "$status $upstream_addr" ${var}_app_error {{\n    "~^5[0-9][0-9] ." 1;\n    default 0;\n}}\n'
+            f"log_format {var}_errors '$msec $status $request_method $uri';")
+
+
+def logs(config: Config) -> str:
+    """A server that sets one access_log no longer inherits the http level's: the site's own log
+    (NGINX_ACCESS_LOG) is set again beside the 5xx log."""
+    var = _variable_prefix(config)
+    own = f"    access_log {config.nginx_access_log};\n" if config.nginx_access_log != "off" else ""
+    return f"{own}    access_log {errors_log(config)} {var}_errors if=${var}_app_error;"
 
 
 # Each colour's fixed socket, relayed to the loopback port it listens on: the live link still
@@ -236,7 +258,7 @@ def install_step(config: Config, rendered_path: str) -> Step:
     return Step(
         phases.NGINX,
         (
-            cmd("mkdir", "-p", layout.site_additions, *relay_dirs),
+            cmd("mkdir", "-p", layout.site_additions, layout.run, *relay_dirs),  # run/: the 5xx log's
             *([cmd(*sh(_STALE_RELAYS, *sockets)), cmd(*sh(_BOOT_CLEANUP, dropin, *sockets))] if sockets else []),
             Put(rendered_path, site(config).encode()),
             cmd(*install_argv(rendered_path, layout.site, layout.previous_site, config.nginx_conf)),

@@ -11,8 +11,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import (backends, deploys, history, holder, lock, locking, maintenance, nginx, parallel, phases, progress,
-               releases, rollout, shas)
+from . import (backends, deploys, history, holder, lock, locking, maintenance, nginx, parallel, phases, probe,
+               progress, releases, rollout, shas)
 from .config import Config
 from .remote.connection import connect
 from .remote.console import Console, columns
@@ -80,13 +80,14 @@ class Rollout:
 
 def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = True, force_unlock: bool = False,
            force: bool = False, lock_wait: float = 0, kind: str = "deploy", window: bool = False, fast: bool = False,
-           over: Rollout = Rollout(), note: dict | None = None, echo: Callable[[str], None] = print) -> dict[str, str]:
+           over: Rollout = Rollout(), note: dict | None = None, probing: bool = True,
+           echo: Callable[[str], None] = print) -> dict[str, str]:
     """Deploy `sha` to every host of the target; returns host -> SHA now serving. `window`:
     switch inside a maintenance window (for migrations the old version cannot run beside).
     `fast` (process releases): reuse dependencies and builds whose inputs did not change.
     `force_unlock`, `force`, `lock_wait`: what to do about a held lock (lock.policy). `over`:
     batches over several hosts; the migration runs once, on the first host. `note`: recorded in
-    each host's history line (a promotion's source)."""
+    each host's history line (a promotion's source). `probing`: False for --no-probe."""
     policy = lock.policy(force_unlock, force, lock_wait)
     config = target.config
     backend = backends.of(config, shas.check(sha), fast=fast)  # the artifact exists: checked before connecting
@@ -98,30 +99,31 @@ def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = T
 
     def plan_for(state: HostState, primary: bool) -> Plan:
         return deploys.deploy(config, state, backend, sha, releases.name(sha), migrate=migrate and primary,
-                              kind=kind, window=window)
+                              kind=kind, window=window, probing=probing)
 
     return _each_host(target, kind, sha, plan_for, dry_run=dry_run, policy=policy, echo=echo, over=over, note=note)
 
 
 def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dry_run: bool = False,
              force_unlock: bool = False, force: bool = False, lock_wait: float = 0, over: Rollout = Rollout(),
-             echo: Callable[[str], None] = print) -> dict[str, str]:
+             probing: bool = True, echo: Callable[[str], None] = print) -> dict[str, str]:
     """Without `to`: back to the colour that served before, refused unless that is the same
     version on every host. With `to`: redeploy an earlier SHA every host served, without
     migrations unless asked (process releases reuse what they can)."""
     if to:
         return deploy(target, to, dry_run=dry_run, migrate=migrate, force_unlock=force_unlock, force=force,
                       lock_wait=lock_wait, kind="rollback", fast=target.config.mode == "processes", over=over,
-                      echo=echo)
+                      probing=probing, echo=echo)
     policy = lock.policy(force_unlock, force, lock_wait)
     backend = backends.of(target.config)
-    return _each_host(target, "rollback", None, lambda state, primary: deploys.rollback(target.config, state, backend),
+    return _each_host(target, "rollback", None,
+                      lambda state, primary: deploys.rollback(target.config, state, backend, probing=probing),
                       dry_run=dry_run, policy=policy, echo=echo, over=over)
 
 
 def promote(source: Target, target: Target, sha: str, *, force: bool = False, dry_run: bool = False,
             force_unlock: bool = False, unlock_force: bool = False, lock_wait: float = 0, over: Rollout = Rollout(),
-            echo: Callable[[str], None] = print) -> dict[str, str]:
+            probing: bool = True, echo: Callable[[str], None] = print) -> dict[str, str]:
     """Deploy to `target` exactly what `source` ran for `sha`: the same images by SHA (or the same
     commit), never rebuilt, and only once `source`'s history shows it served there (`force`
     skips that check, and the history line says so)."""
@@ -140,7 +142,7 @@ def promote(source: Target, target: Target, sha: str, *, force: bool = False, dr
                               "--force skips this check")
     note = {"promoted_from": source.config.env, **({"forced": True} if force else {})}
     return deploy(target, full, dry_run=dry_run, force_unlock=force_unlock, force=unlock_force, lock_wait=lock_wait,
-                  over=over, note=note, echo=echo)
+                  over=over, note=note, probing=probing, echo=echo)
 
 
 def same_artifacts(source: Config, target: Config) -> list[str]:
@@ -339,6 +341,8 @@ class Crew:
             _record(remote, (progress.clear_argv(layout),), "the end of the deploy")
             return
         extra = dict(self.note)
+        figures = self._probe(layout)
+        extra.update({"probe": figures} if figures else {})
         colour = plan.summary.get("colour")
         if member.outcome == rollout.OK or member.outcome == rollout.KEPT:
             window = maintenance.window_seconds(member.run.outcome.steps)
@@ -372,6 +376,25 @@ class Crew:
         if failure and plan.summary.get("window") and phases.MIGRATE in completed:
             failure.details.append("the migration had already run: the previous version was started again on the "
                                    "new schema; see `status` for whether maintenance mode is still on")
+
+
+    def _probe(self, layout: Layout) -> dict | None:
+        """The probe's figures, once it is stopped (after the drain, or after an undo), shown as
+        the deploy's last words; a probe that cannot be read is a warning, never a failure."""
+        interval = self.plan.summary.get("probe_interval")
+        failure = self.member.error
+        started = [phase for phase, _ in self.member.run.outcome.steps] + list(getattr(failure, "completed", None) or [])
+        if not interval or phases.PROBE not in started:
+            return None
+        try:
+            lines = self.remote.run(probe.collect_argv(layout)).stdout
+        except DeployError as error:
+            self.remote.console(f"! the probe's requests could not be read: {str(error).splitlines()[0]}")
+            return None
+        figures = probe.summarize(lines, self.plan.sha, interval)
+        if figures:
+            self.remote.console(probe.describe(figures, switched_back=self.now != self.plan.sha))
+        return figures
 
 
 def _record(remote: Remote, commands: tuple[tuple[str, ...], ...], what: str) -> None:

@@ -24,11 +24,14 @@ MIGRATE = "migrate"
 START = "start"                # the new (or rollback target) colour
 READY = "ready"                # readiness gate on the colour's own socket
 ASSETS = "assets"              # containers: the new colour's static files copied out for nginx
+PROBE = "probe"                # this deploy's own requests through nginx start (probe.py)
 SWITCH = "switch"              # the point of no return: traffic moves
 MAINTENANCE_OFF = "maintenance-off"
 VERIFY = "verify"              # the new SHA answers through nginx
+MONITOR = "monitor"            # the new colour watched, the old one still running (MONITOR_SECONDS)
 DRAIN = "drain"                # the old colour finishes its requests and stops
 CLEANUP = "cleanup"            # old releases and images
 
 ALL = (PREPARE, BACKUP, UPLOAD, PULL, NETWORKS, STATEFUL, SHARED_LINKS, DEPENDENCIES, BUILD, NGINX,
-       MAINTENANCE_ON, STOP_OLD, MIGRATE, START, READY, ASSETS, SWITCH, MAINTENANCE_OFF, VERIFY, DRAIN, CLEANUP)
+       MAINTENANCE_ON, STOP_OLD, MIGRATE, START, READY, ASSETS, PROBE, SWITCH, MAINTENANCE_OFF, VERIFY, MONITOR, DRAIN,
+       CLEANUP)

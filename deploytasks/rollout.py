@@ -2,7 +2,8 @@
 
     prepare (every host, in parallel: up to the start of the new colour)
     -> migrate (the first host alone) -> start (every host, in parallel: the new colour started, ready)
-    -> switch batch 1 (switch + check through that host's nginx) -> [--batch-wait] -> batch 2 ...
+    -> switch batch 1 (switch, check through that host's nginx, watch it MONITOR_SECONDS) -> [--batch-wait]
+    -> batch 2 ...
     -> finish (every host, in parallel: drain the old colour, clean up)
 
 The old colour of every host keeps running until every batch has switched and passed its check,
@@ -89,7 +90,7 @@ def roll(members: Sequence[Member], order: list[list[str]], *, batch_wait: float
             batch = [by_host[host] for host in hosts]
             if len(order) > 1:
                 echo(f"batch {number} of {len(order)}: {', '.join(hosts)}")
-            failed = _parallel(batch, lambda m: m.run.through(phases.VERIFY))
+            failed = _parallel(batch, lambda m: m.run.before(phases.DRAIN, phases.CLEANUP))
             if failed:
                 _settle(members, failed, rollback, echo)
             if batch_wait and number < len(order):

@@ -92,6 +92,10 @@ COMMON_HELP = {
     "accept-new-host-key": "trust and save the key an unknown host presents (check it first!)",
 }
 
+SWITCH_HELP = {
+    "no-probe": "do not run this deploy's probe through nginx (PROBE_RATE=0 turns it off for good)",
+}
+
 ROLLOUT_HELP = {
     "batch": "several hosts: switch N hosts at a time, or N% of them (default 1: one host, then the next)",
     "batch-wait": "several hosts: seconds to wait between batches (default 0)",
@@ -103,30 +107,31 @@ ROLLOUT_HELP = {
 @task(help={"sha": "git SHA whose images to deploy (7-40 hex)", "no-migrate": "skip the migration step",
             "maintenance": "switch inside a short maintenance window (migrations the old version cannot run beside)",
             "fast": "process releases: reuse dependencies and build outputs whose inputs did not change",
-            **COMMON_HELP, **ROLLOUT_HELP})
+            **COMMON_HELP, **ROLLOUT_HELP, **SWITCH_HELP})
 @friendly
 def deploy(c, sha, env=None, dry_run=False, no_migrate=False, maintenance=False, fast=False, force_unlock=False,
-           force=False, lock_wait=None, accept_new_host_key=False, batch=None, batch_wait=None, no_rollback=False):
+           force=False, lock_wait=None, accept_new_host_key=False, batch=None, batch_wait=None, no_rollback=False,
+           no_probe=False):
     """Deploy a SHA blue/green with zero downtime (container images or process release)."""
     over = operations.Rollout.of(batch, batch_wait, not no_rollback)
     target = _target(c, env, accept_new_host_key, "deploy")
     if target:
         operations.deploy(target, sha, dry_run=dry_run, migrate=not no_migrate,
                           force_unlock=force_unlock, force=force, lock_wait=lock_wait, window=maintenance,
-                          fast=fast, over=over)
+                          fast=fast, over=over, probing=not no_probe)
 
 
 @task(help={"to": "redeploy this earlier SHA from history instead of the previous colour",
-            "migrate": "with --to: run the migration step too", **COMMON_HELP, **ROLLOUT_HELP})
+            "migrate": "with --to: run the migration step too", **COMMON_HELP, **ROLLOUT_HELP, **SWITCH_HELP})
 @friendly
 def rollback(c, to=None, env=None, migrate=False, dry_run=False, force_unlock=False, force=False, lock_wait=None,
-             accept_new_host_key=False, batch=None, batch_wait=None, no_rollback=False):
+             accept_new_host_key=False, batch=None, batch_wait=None, no_rollback=False, no_probe=False):
     """Go back to the previous version (instant) on every host, or --to an earlier SHA."""
     over = operations.Rollout.of(batch, batch_wait, not no_rollback)
     target = _target(c, env, accept_new_host_key, "rollback")
     if target:
         operations.rollback(target, to=to, migrate=migrate, dry_run=dry_run, force_unlock=force_unlock, force=force,
-                            lock_wait=lock_wait, over=over)
+                            lock_wait=lock_wait, over=over, probing=not no_probe)
 
 
 @task(help={"sha": "the SHA to promote (7-40 hex): it must have served in the source environment",
@@ -135,11 +140,11 @@ def rollback(c, to=None, env=None, migrate=False, dry_run=False, force_unlock=Fa
             "force": "skip the check that the source environment served the SHA (recorded in the history)",
             "dry-run": COMMON_HELP["dry-run"], "force-unlock": COMMON_HELP["force-unlock"],
             "lock-wait": COMMON_HELP["lock-wait"], "accept-new-host-key": COMMON_HELP["accept-new-host-key"],
-            **ROLLOUT_HELP},
+            **ROLLOUT_HELP, **SWITCH_HELP},
 )
 @friendly
 def promote(c, sha, from_="staging", to="production", force=False, dry_run=False, force_unlock=False, lock_wait=None,
-            accept_new_host_key=False, batch=None, batch_wait=None, no_rollback=False):
+            accept_new_host_key=False, batch=None, batch_wait=None, no_rollback=False, no_probe=False):
     """Deploy to production exactly the images (or commit) staging ran for a SHA; never rebuilds."""
     over = operations.Rollout.of(batch, batch_wait, not no_rollback)
     root = project_root(c)
@@ -147,7 +152,8 @@ def promote(c, sha, from_="staging", to="production", force=False, dry_run=False
     target = configuration.load(root, to)
     operations.promote(operations.Target(source, source.hosts, accept_new_host_key),
                        operations.Target(target, target.hosts, accept_new_host_key), sha, force=force,
-                       dry_run=dry_run, force_unlock=force_unlock, lock_wait=lock_wait, over=over)
+                       dry_run=dry_run, force_unlock=force_unlock, lock_wait=lock_wait, over=over,
+                       probing=not no_probe)
 
 
 @task(help={"env": COMMON_HELP["env"], "accept-new-host-key": COMMON_HELP["accept-new-host-key"]})

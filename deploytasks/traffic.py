@@ -129,6 +129,50 @@ def verify(config: Config, sha: str, colour: str) -> Step:
     return Step(phases.VERIFY, (poll,), label="check through nginx")
 
 
+_WATCH = r"""
+seconds=$1; interval=$2; live=$3; log=$4; sha=$5; host=$6; base=$7; ready=$8; version=$9; watch_ms=${10}
+fail() { echo "watch: $*: switching back"; exit 1; }
+# the switch renamed the live link: the new colour's answers are the ones logged since
+since=$(find "$live" -maxdepth 0 -printf '%T@' 2>/dev/null || date +%s)
+[ -f "$log" ] && [ "$(stat -c %s "$log")" -gt 10485760 ] && : > "$log"
+ms() { date +%s%3N; }
+end=$(( $(ms) + watch_ms ))
+while :; do
+    if [ -f "$log" ]; then
+        errors=$(awk -v since="$since" '$1 >= since { n++; if (n <= 3) s = s " " $2 " " $3 " " $4 ";" } END { if (n) print n ":" s }' "$log")
+        [ -z "$errors" ] || fail "nginx logged ${errors%%:*} 5xx answer(s) of the new version (${errors#*: })"
+    fi
+    out=$(curl -fsS --max-time 5 -H "Host: $host" "$base$ready" 2>&1) || fail "GET $ready (READY_PATH) through nginx: $out"
+    if [ -n "$version" ]; then
+        out=$(curl -fsS --max-time 5 -H "Host: $host" "$base$version" 2>&1) || fail "GET $version (VERSION_PATH) through nginx: $out"
+        out=$(printf '%s' "$out" | head -c 64 | tr -d '[:space:]')
+        case "$sha" in "$out"*) [ -n "$out" ] ;; *) case "$out" in "$sha"*) ;; *) false ;; esac ;; esac \
+            || fail "GET $version (VERSION_PATH) through nginx answered $out, not $sha"
+    fi
+    [ "$(ms)" -lt "$end" ] || break
+    sleep "$interval"
+done
+echo "watch: the new version passed every check for ${seconds}s"
+"""
+
+WATCH_INTERVAL = 0.5  # at most: a version that fails is caught within this
+
+
+def monitor(config: Config, sha: str) -> list[Step]:
+    """MONITOR_SECONDS after the switch, while the old colour still runs: readiness and the version
+    through nginx, and the app's 5xx answers nginx logged since the switch. A failure is a failed
+    step, so the switch is undone at once and the new colour stopped; the old one was never drained."""
+    if config.monitor_seconds <= 0:
+        return []
+    layout = Layout.of(config)
+    watch = cmd(*sh(_WATCH, f"{config.monitor_seconds:g}", f"{min(config.health_interval, WATCH_INTERVAL):g}",
+                    layout.live_socket, nginx.errors_log(config), sha, nginx.probe_host(config),
+                    f"http://127.0.0.1:{config.nginx_listen}", config.ready_path, config.version_path,
+                    str(round(config.monitor_seconds * 1000))),
+                stream=True).bounded(config.monitor_seconds + 30, "MONITOR_SECONDS")
+    return [Step(phases.MONITOR, (watch,), label=f"watch {config.monitor_seconds:g}s")]
+
+
 _DRAIN = r"""
 socket=$1; limit=$2; shift 2
 # "$@", if given, prints the pids of the colour's server: a container's socket has the path the app
@@ -174,10 +218,11 @@ def drain(config: Config, colour: str, stop: tuple[Cmd, ...], socket: str | None
 
 
 def switch_over(config: Config, state: HostState, colour: str, release: str, sha: str, old) -> list[Step]:
-    """Switch, check through nginx, then drain the colour that served before (if any)."""
+    """Switch, check through nginx, watch the new colour while the old one still runs (if there is
+    one), then drain the colour that served before."""
     steps = [switch(config, state, colour, release), verify(config, sha, colour)]
     if state.live and old:
-        steps.append(drain(config, state.live, (old.stop(),), *old.listener()))
+        steps += [*monitor(config, sha), drain(config, state.live, (old.stop(),), *old.listener())]
     return steps
 
 

@@ -314,6 +314,7 @@ def testbed_values(port: int, site: str) -> dict[str, str]:
         "NGINX_CONF": str(testbed.NGINX_CONF),
         "NGINX_SITE_DIR": str(testbed.NGINX_SITE_DIR),
         "NGINX_LISTEN": str(port),
+        "NGINX_ACCESS_LOG": "off",  # as the testbed's nginx.conf: it logs no request
         "SERVER_NAME": site,
         "HEALTH_TIMEOUT": "90",
         "HEALTH_INTERVAL": "0.5",

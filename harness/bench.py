@@ -27,6 +27,7 @@ from typing import Callable
 from deploytasks import config as configuration
 from deploytasks import operations, phases, traffic
 from deploytasks.backends import compose, processes
+from deploytasks.errors import DeployError
 from deploytasks.facts import HostState, release_sha
 from deploytasks.layout import Layout
 from deploytasks.plan import Plan, Step, cmd
@@ -55,6 +56,7 @@ class Scenario:
     window: bool = False  # a maintenance window: its 503 page (with Retry-After) is not a failure
     during: "Callable[[operations.Target], Callable[[], dict]] | None" = None  # started before the
     # action, under the same load; what its finisher returns is added to the row
+    bad_version: str | None = None  # a release that fails after its switch: the deploy must take it back
 
 
 def idle(target: operations.Target) -> None:
@@ -136,6 +138,19 @@ def deploy(name: str, **options) -> Action:
     return act
 
 
+def deploy_refused(name: str) -> Action:
+    """A deploy that must fail (its watch after the switch sends traffic back); it is the row."""
+    def act(target: operations.Target) -> None:
+        try:
+            operations.deploy(target, version_sha(target, name))
+        except DeployError as error:
+            print(f"(expected) {str(error).splitlines()[0]}")
+            return
+        raise DeployError(f"the deploy of {name} succeeded: its watch after the switch did not catch it")
+
+    return act
+
+
 def on_first_host(action: Action) -> Action:
     def act(target: operations.Target) -> None:
         action(dataclasses.replace(target, hosts=target.hosts[:1]))
@@ -187,6 +202,8 @@ def container_scenarios() -> list[Scenario]:
         Scenario("container deploy v2->v3", env, deploy("v3"), "v3", before=serve("v2")),
         Scenario("container rollback v3->v2", env, rollback, "v2", before=serve("v3")),
         Scenario("container baseline: compose up -d recreate", env, compose_recreate, None),
+        Scenario("container deploy v2->v5 that fails after its switch (watched, taken back)", env,
+                 deploy_refused("v5-breaks"), None, before=serve("v2"), bad_version="v5-breaks"),
         # last: its migration is not backward compatible, so no earlier version is ready after it
         Scenario("container maintenance deploy v2->v4 (breaking migration)", env, deploy("v4-breaking", window=True),
                  "v4-breaking", before=serve("v2"), window=True),
@@ -255,6 +272,7 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
                  for label, host, port in points}
         finish = scenario.during(target) if scenario.during else None
         started, busy = time.monotonic(), _cpu_busy_s()
+        began = time.time()
         scenario.action(target)
         deploy_s, busy = time.monotonic() - started, _cpu_busy_s() - busy
         extra = finish() if finish else {}
@@ -281,13 +299,48 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
                                                     for label, each in summaries.items()}}
            if len(points) > 1 else {}),
         **extra,
+        **_probes(target, began),
     }
+    if scenario.bad_version:
+        row.update(_taken_back([s for load in loads.values() for s in load.samples],
+                               version_sha(target, scenario.bad_version)))
     if scenario.window:
         history = _state(target).history
         steps = history[-1].get("steps", {}) if history else {}
         row.update(window_s=summary.window_s, migration_s=steps.get(phases.MIGRATE),
                    maintenance_pages=sum(1 for s in loads[points[0][0]].samples if s.status == 503))
     return row
+
+
+def _probes(target: operations.Target, since: float) -> dict:
+    """What the deploy's own probe saw (its history line), beside the load's figures: summed over
+    the hosts, the longest gap of any."""
+    found = []
+    for host in target.hosts:
+        history = _state(target, host).history
+        record = history[-1] if history else {}
+        stamp = record.get("time", "")
+        if record.get("probe") and stamp >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since - 1)):
+            found.append(record["probe"])
+    if not found:
+        return {}
+    return {"probe": {"requests": sum(p["requests"] for p in found), "failed": sum(p["failed"] for p in found),
+                      "gap_ms": max(p["gap_ms"] for p in found),
+                      "regressions": sum(p.get("regressions") or 0 for p in found)}}
+
+
+def _taken_back(samples: list, bad_sha: str) -> dict:
+    """For a release that fails after its switch: the failures it did not answer itself (0: the
+    switch back lost nothing), and the seconds from its first failure until only the old version
+    answers again."""
+    failed = sorted((s for s in samples if not 200 <= s.status < 300), key=lambda s: s.end)
+    by_bad = [s for s in failed if s.version == bad_sha]
+    first = min((s.end for s in by_bad), default=None)
+    last_bad = max((s.start for s in samples if s.version == bad_sha), default=None)
+    back = min((s.end for s in samples if s.start > (last_bad or 0) and 200 <= s.status < 300
+                and s.version != bad_sha), default=None)
+    return {"failed_by_bad_release": len(by_bad), "failed_otherwise": len(failed) - len(by_bad),
+            "back_s": round(back - first, 3) if first is not None and back is not None else None}
 
 
 def table(rows: list[dict]) -> str:
@@ -298,6 +351,14 @@ def table(rows: list[dict]) -> str:
         lines.append(f"{row['scenario']:58} {row['requests']:>8} {row['failed']:>7} {row['max_gap_s']:>9.3f} "
                      f"{row['regressions']:>7} {row['deploy_s']:>8.1f} {row['p50_ms']:>6.1f} {row['p99_ms']:>6.1f} {row['cpu_busy']:>4.2f} "
                      f"{window}")
+        if "probe" in row:
+            probe = row["probe"]
+            lines.append(f"    probe (the deploy's own): {probe['failed']} failed of {probe['requests']}, longest gap "
+                         f"{probe['gap_ms']} ms, {probe['regressions']} old after new")
+        if "back_s" in row:
+            lines.append(f"    taken back: {row['failed_by_bad_release']} failed answered by the bad release, "
+                         f"{row['failed_otherwise']} otherwise; old version only again {row['back_s']}s after "
+                         "its first failure")
         for key in ("long_request", "websocket", "through"):
             if key in row:
                 lines.append(f"    {key}: {json.dumps(row[key])}")

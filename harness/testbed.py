@@ -95,6 +95,9 @@ class ExampleVersion:
     schema_max: int
     migrate_fails: bool = False
     never_ready: bool = False
+    # ready and serving, then every page answers 500 this many seconds after its first visitor
+    # (readiness stays green: the bad release a watch after the switch is for)
+    breaks_after_s: float | None = None
 
 
 def example_sha(name: str) -> str:
@@ -116,6 +119,7 @@ EXAMPLE_VERSIONS: dict[str, ExampleVersion] = {
         _version("bad-migration", 2, (1, 2), migrate_fails=True),
         _version("v4-breaking", 3, (3, 3)),
         _version("v4-broken", 3, (3, 3), never_ready=True),
+        _version("v5-breaks", 2, (1, 2), breaks_after_s=1.0),
     )
 }
 

@@ -81,8 +81,23 @@ def _read_body(environ):
     return environ["wsgi.input"].read(length) if length > 0 else b""
 
 
+_first_visit = None
+
+
+def broken():
+    """A build with breaks_after_s: its pages fail that long after its first visitor (per worker)."""
+    global _first_visit
+    after = BUILD.get("breaks_after_s")
+    if after is None:
+        return False
+    _first_visit = _first_visit or time.monotonic()
+    return time.monotonic() - _first_visit >= after
+
+
 def route(environ):
     method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/"
+    if path not in ("/healthz", "/readyz", "/version") and broken():
+        return _text("500 Internal Server Error", "error: this build breaks after its first visitor\n")
     if method in ("GET", "HEAD"):
         if path == "/healthz":
             return _text("200 OK", "ok\n")

@@ -92,8 +92,11 @@ def test_container_deploy_bounds_each_command_class(local_config, blue_live_stat
     assert [_bound(c) for c in start.undo] == [(40, "TIMEOUT_STOP")]
     # the wait for the old colour's connections (DRAIN_TIMEOUT + 30), then its stop
     assert [_bound(a) for a in drain.actions if isinstance(a, Cmd)] == [(10 + 30, "DRAIN_TIMEOUT"), (40, "TIMEOUT_STOP")]
-    # the rest (links, nginx, cleanup, diagnostics) get TIMEOUT_COMMAND from the executor
-    bounded = {id(c) for c in (pull, stateful, migrate, up, *start.undo, *drain.actions)}
+    # the watch after the switch: MONITOR_SECONDS and a margin
+    (watch,) = step_named(plan, "watch 5s").actions
+    assert _bound(watch) == (5 + 30, "MONITOR_SECONDS")
+    # the rest (links, nginx, probe, cleanup, diagnostics) get TIMEOUT_COMMAND from the executor
+    bounded = {id(c) for c in (pull, stateful, migrate, up, watch, *start.undo, *drain.actions)}
     assert all(c.timeout is None for c in _cmds(plan) if id(c) not in bounded)
 
 
@@ -138,6 +141,8 @@ def test_every_bound_names_the_key_it_comes_from(local_config, process_config, b
             assert action.timeout == config.health_timeout + UP_MARGIN
         elif action.timeout_key == "DRAIN_TIMEOUT":  # the drain's wait for open connections, and a margin
             assert action.timeout == config.drain_timeout + 30
+        elif action.timeout_key == "MONITOR_SECONDS":  # the watch after the switch, and a margin
+            assert action.timeout == config.monitor_seconds + 30
         else:
             assert action.timeout_key.startswith("TIMEOUT_") and action.timeout_key in keys.BY_NAME
             assert action.timeout == _configured(config, action.timeout_key), action

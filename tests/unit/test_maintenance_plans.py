@@ -185,7 +185,8 @@ WINDOW_STEPS = ["prepare", "upload release", "pull images", "networks", "statefu
 
 def test_window_deploy_order(local_config, blue_live_state):
     plan = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW, window=True)
-    assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": "aaaaaaa", "window": True}
+    assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": "aaaaaaa", "window": True,
+                            "probe_interval": None}
     assert _names(plan) == WINDOW_STEPS
     assert not any(name.startswith("drain") for name in _names(plan))
 
@@ -338,6 +339,7 @@ def served(tmp_path_factory):
                                  server_name="shop.example.com")
     config, site = _site_with_page(config, tmp_path, HOSTILE_PAGE)
     (tmp_path / "srv" / "state").mkdir(parents=True)
+    (tmp_path / "srv" / "run").mkdir()  # the deploy's nginx step makes it: the site's 5xx log is there
     (tmp_path / "srv" / "state" / "maintenance").touch()
     (tmp_path / "site.conf").write_text(site)
     temp = "".join(f"    {kind}_temp_path {tmp_path}/temp-{kind};\n"

@@ -58,10 +58,11 @@ def hostile_config(local_raw):
 def test_first_deploy_starts_blue_without_drain(local_config, first_state):
     plan = container_deploy(local_config, first_state, SHA_NEW, REL_NEW)
     assert plan.kind == "deploy" and plan.sha == SHA_NEW
-    assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None, "window": False}
+    assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None, "window": False,
+                            "probe_interval": 0.1}
     # nothing to route to before the switch: the site is installed right after it (no 502 window)
     assert _names(plan) == ["prepare", "upload release", "pull images", "networks", "stateful services",
-                            "migrate", "start blue", "ready: blue", "switch to blue", "nginx site", "check through nginx",
+                            "migrate", "start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "nginx site", "check through nginx",
                             "cleanup (0 old release(s))"]
     assert not any(s.name.startswith("drain") for s in plan.steps)
     switch = _step(plan, "switch to blue")
@@ -72,10 +73,11 @@ def test_first_deploy_starts_blue_without_drain(local_config, first_state):
 
 def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_live_state):
     plan = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
-    assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": SHA_OLD, "window": False}
+    assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": SHA_OLD, "window": False,
+                            "probe_interval": 0.1}
     names = _names(plan)
     assert names == ["prepare", "upload release", "pull images", "networks", "stateful services", "nginx site",
-                     "migrate", "start green", "ready: green", "switch to green", "check through nginx",
+                     "migrate", "start green", "ready: green", "probe 10/s through nginx", "switch to green", "check through nginx", "watch 5s",
                      "drain blue", "cleanup (0 old release(s))"]
     # everything before the switch happens beside the live colour
     assert names.index("ready: green") < names.index("switch to green") < names.index("drain blue")
@@ -298,8 +300,8 @@ def test_rollback_starts_the_other_colour_without_recreate_pull_or_migrate(local
                       releases=(REL_OLD, REL_NEW))
     plan = container_rollback(local_config, state)
     assert plan.kind == "rollback" and plan.sha == SHA_OLD
-    assert plan.summary == {"colour": "blue", "release": REL_OLD, "previous": SHA_NEW}
-    assert _names(plan) == ["start blue", "ready: blue", "switch to blue", "check through nginx", "drain green"]
+    assert plan.summary == {"colour": "blue", "release": REL_OLD, "previous": SHA_NEW, "probe_interval": 0.1}
+    assert _names(plan) == ["start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "check through nginx", "watch 5s", "drain green"]
     old = f"{ROOT}/releases/{REL_OLD}"
     start = _step(plan, "start blue").actions
     assert len(start) == 1, "a colour still running keeps its socket: nothing is removed"
@@ -443,7 +445,7 @@ def test_the_static_files_are_copied_out_of_the_new_colour_between_ready_and_swi
     plan = container_deploy(_local(local_raw, **STATIC), blue_live_state, SHA_NEW, REL_NEW)
     names = _names(plan)
     assert names[names.index("ready: green"):names.index("switch to green") + 1] == [
-        "ready: green", "static files", "switch to green"]
+        "ready: green", "static files", "probe 10/s through nginx", "switch to green"]
     assets = _step(plan, "static files")
     new = f"{ROOT}/releases/{REL_NEW}"
     green = ("docker", "compose", "-p", "example-green", "--env-file", f"{new}/compose.env",
@@ -459,8 +461,9 @@ def test_a_first_deploy_and_a_window_deploy_copy_the_static_files_before_their_s
                                                                                        blue_live_state):
     config = _local(local_raw, **STATIC)
     names = _names(container_deploy(config, first_state, SHA_NEW, REL_NEW))
-    assert names.index("ready: blue") + 1 == names.index("static files") == names.index("switch to blue") - 1
+    assert names.index("ready: blue") + 1 == names.index("static files") == names.index("switch to blue") - 2
     names = _names(container_deploy(config, blue_live_state, SHA_NEW, REL_NEW, window=True))
+    assert "probe 10/s through nginx" not in names, "a window deploy reports its window, not a probe"
     assert names.index("ready: green") + 1 == names.index("static files") == names.index("switch to green") - 1
 
 
@@ -485,7 +488,7 @@ def test_no_static_files_step_without_static_or_media(local_config, blue_live_st
 
 def test_a_rollback_serves_the_static_files_its_release_kept(local_raw, green_live_state):
     plan = container_rollback(_local(local_raw, **STATIC), green_live_state)
-    assert _names(plan) == ["start blue", "ready: blue", "switch to blue", "check through nginx", "drain green"]
+    assert _names(plan) == ["start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "check through nginx", "watch 5s", "drain green"]
     assert (f"../../releases/{REL_OLD}/.static", f"{ROOT}/run/static/live") in links(_step(plan, "switch to blue").actions)
 
 

@@ -342,18 +342,20 @@ def test_env_wrapper_text(process_config):
 def test_first_deploy_steps_in_order(process_config, first_state):
     plan = process_deploy(process_config, first_state, CODE, REL_NEW)
     assert plan.kind == "deploy" and plan.sha == SHA_NEW
-    assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None, "window": False}
+    assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None, "window": False,
+                            "probe_interval": 0.1}
     assert _names(plan) == ["prepare", "backup", "upload code", "shared links", "dependencies", "build",
-                            "migrate", "start blue", "ready: blue", "switch to blue", "nginx site",
+                            "migrate", "start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "nginx site",
                             "check through nginx", "cleanup (0 old release(s))"]
     assert not any(name.startswith("drain") for name in _names(plan))
 
 
 def test_second_deploy_starts_green_and_drains_blue(process_config, blue_live_state):
     plan = process_deploy(process_config, blue_live_state, CODE, REL_NEW)
-    assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": SHA_OLD, "window": False}
+    assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": SHA_OLD, "window": False,
+                            "probe_interval": 0.1}
     assert _names(plan) == ["prepare", "backup", "upload code", "shared links", "dependencies", "build", "nginx site",
-                            "migrate", "start green", "ready: green", "switch to green", "check through nginx",
+                            "migrate", "start green", "ready: green", "probe 10/s through nginx", "switch to green", "check through nginx", "watch 5s",
                             "drain blue", "cleanup (0 old release(s))"]
     drain = _step(plan, "drain blue")
     settle, connections, stop = drain.actions
@@ -446,7 +448,7 @@ def test_optional_steps(process_config, first_state):
     code = dataclasses.replace(CODE, requirements_hash=None, build_hash=None)
     plan = process_deploy(config, first_state, code, REL_NEW)
     assert _names(plan) == ["prepare", "backup", "upload code", "dependencies", "start blue",
-                            "ready: blue", "switch to blue", "nginx site", "check through nginx", "cleanup (0 old release(s))"]
+                            "ready: blue", "probe 10/s through nginx", "switch to blue", "nginx site", "check through nginx", "cleanup (0 old release(s))"]
     assert _named(_step(plan, "dependencies").actions[0])["hash"] == "none"
     assert _named(_step(plan, "backup").actions[0])["rest"][-1] == "shared/venvs", "no SHARED_PATHS to skip"
     assert "migrate" not in _names(process_deploy(process_config, first_state, CODE, REL_NEW, migrate=False))
@@ -555,8 +557,8 @@ def test_unit_file(process_config):
 def test_rollback_starts_the_other_colour_from_its_release(process_config, green_live_state):
     plan = process_rollback(process_config, green_live_state)
     assert plan.kind == "rollback" and plan.sha == SHA_OLD
-    assert plan.summary == {"colour": "blue", "release": REL_OLD, "previous": SHA_NEW}
-    assert _names(plan) == ["start blue", "ready: blue", "switch to blue", "check through nginx", "drain green"]
+    assert plan.summary == {"colour": "blue", "release": REL_OLD, "previous": SHA_NEW, "probe_interval": 0.1}
+    assert _names(plan) == ["start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "check through nginx", "watch 5s", "drain green"]
     start = _start(plan, "blue")
     script = start.actions[0].content.decode()
     assert f"exec {ROOT}/releases/{REL_OLD}/.deploytasks/run gunicorn" in script and REL_NEW not in script

@@ -48,7 +48,8 @@ def _executable(path: Path, text: str) -> Path:
 # --- verify: the new version answers through nginx ---------------------------------------------------
 
 def test_phases_put_the_static_files_between_ready_and_switch():
-    assert phases.ALL.index(phases.READY) + 1 == phases.ALL.index(phases.ASSETS) == phases.ALL.index(phases.SWITCH) - 1
+    assert phases.ALL.index(phases.READY) + 1 == phases.ALL.index(phases.ASSETS) == phases.ALL.index(phases.PROBE) - 1
+    assert phases.ALL.index(phases.PROBE) + 1 == phases.ALL.index(phases.SWITCH), "the probe sees the switch"
 
 
 def test_verify_with_version_path_expects_the_sha(local_config):
@@ -230,8 +231,9 @@ class _Old:
 
 
 def test_switch_over_drains_the_old_colour_with_its_stop_and_namespace(local_config, blue_live_state, first_state):
-    switch, verify, drain = traffic.switch_over(local_config, blue_live_state, "green", REL_NEW, SHA_NEW, _Old())
-    assert (switch.name, verify.name, drain.name) == ("switch to green", "check through nginx", "drain blue")
+    switch, verify, watch, drain = traffic.switch_over(local_config, blue_live_state, "green", REL_NEW, SHA_NEW, _Old())
+    assert (switch.name, verify.name, watch.name, drain.name) == ("switch to green", "check through nginx", "watch 5s",
+                                                                  "drain blue"), "the old colour drains after the watch"
     assert drain.actions[1].argv[-3:] == ("pid", "of", "blue") and drain.actions[2] == cmd("stop", "blue")
     assert [s.name for s in traffic.switch_over(local_config, first_state, "blue", REL_NEW, SHA_NEW, None)] == [
         "switch to blue", "check through nginx"]
