@@ -319,6 +319,7 @@ def testbed_values(port: int, site: str) -> dict[str, str]:
         "HEALTH_TIMEOUT": "90",
         "HEALTH_INTERVAL": "0.5",
         "DRAIN_TIMEOUT": "10",
+        "MONITOR_SECONDS": "2",  # the testbed's envs watch 2 s (5 by default): the suite deploys often
     }
 
 

@@ -93,8 +93,8 @@ def test_container_deploy_bounds_each_command_class(local_config, blue_live_stat
     # the wait for the old colour's connections (DRAIN_TIMEOUT + 30), then its stop
     assert [_bound(a) for a in drain.actions if isinstance(a, Cmd)] == [(10 + 30, "DRAIN_TIMEOUT"), (40, "TIMEOUT_STOP")]
     # the watch after the switch: MONITOR_SECONDS and a margin
-    (watch,) = step_named(plan, "watch 5s").actions
-    assert _bound(watch) == (5 + 30, "MONITOR_SECONDS")
+    (watch,) = step_named(plan, "watch 2s").actions
+    assert _bound(watch) == (2 + 30, "MONITOR_SECONDS")
     # the rest (links, nginx, probe, cleanup, diagnostics) get TIMEOUT_COMMAND from the executor
     bounded = {id(c) for c in (pull, stateful, migrate, up, watch, *start.undo, *drain.actions)}
     assert all(c.timeout is None for c in _cmds(plan) if id(c) not in bounded)

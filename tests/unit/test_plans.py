@@ -77,7 +77,7 @@ def test_second_deploy_starts_green_switches_and_drains_blue(local_config, blue_
                             "probe_interval": 0.1}
     names = _names(plan)
     assert names == ["prepare", "upload release", "pull images", "networks", "stateful services", "nginx site",
-                     "migrate", "start green", "ready: green", "probe 10/s through nginx", "switch to green", "check through nginx", "watch 5s",
+                     "migrate", "start green", "ready: green", "probe 10/s through nginx", "switch to green", "check through nginx", "watch 2s",
                      "drain blue", "cleanup (0 old release(s))"]
     # everything before the switch happens beside the live colour
     assert names.index("ready: green") < names.index("switch to green") < names.index("drain blue")
@@ -301,7 +301,7 @@ def test_rollback_starts_the_other_colour_without_recreate_pull_or_migrate(local
     plan = container_rollback(local_config, state)
     assert plan.kind == "rollback" and plan.sha == SHA_OLD
     assert plan.summary == {"colour": "blue", "release": REL_OLD, "previous": SHA_NEW, "probe_interval": 0.1}
-    assert _names(plan) == ["start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "check through nginx", "watch 5s", "drain green"]
+    assert _names(plan) == ["start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "check through nginx", "watch 2s", "drain green"]
     old = f"{ROOT}/releases/{REL_OLD}"
     start = _step(plan, "start blue").actions
     assert len(start) == 1, "a colour still running keeps its socket: nothing is removed"
@@ -488,7 +488,7 @@ def test_no_static_files_step_without_static_or_media(local_config, blue_live_st
 
 def test_a_rollback_serves_the_static_files_its_release_kept(local_raw, green_live_state):
     plan = container_rollback(_local(local_raw, **STATIC), green_live_state)
-    assert _names(plan) == ["start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "check through nginx", "watch 5s", "drain green"]
+    assert _names(plan) == ["start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "check through nginx", "watch 2s", "drain green"]
     assert (f"../../releases/{REL_OLD}/.static", f"{ROOT}/run/static/live") in links(_step(plan, "switch to blue").actions)
 
 

@@ -174,6 +174,6 @@ def test_the_watch_is_in_the_plan_between_the_check_and_the_drain(local_config, 
     from conftest import REL_NEW, container_deploy
     plan = container_deploy(local_config, blue_live_state, SHA_NEW, REL_NEW)
     names = [step.name for step in plan.steps]
-    assert names.index("check through nginx") + 1 == names.index("watch 5s") == names.index("drain blue") - 1
-    assert not step_named(plan, "watch 5s").best_effort, "a failed watch undoes the switch"
+    assert names.index("check through nginx") + 1 == names.index("watch 2s") == names.index("drain blue") - 1
+    assert not step_named(plan, "watch 2s").best_effort, "a failed watch undoes the switch"
     assert traffic.monitor(dataclasses.replace(local_config, monitor_seconds=0), SHA_NEW) == []

@@ -355,7 +355,7 @@ def test_second_deploy_starts_green_and_drains_blue(process_config, blue_live_st
     assert plan.summary == {"colour": "green", "release": REL_NEW, "previous": SHA_OLD, "window": False,
                             "probe_interval": 0.1}
     assert _names(plan) == ["prepare", "backup", "upload code", "shared links", "dependencies", "build", "nginx site",
-                            "migrate", "start green", "ready: green", "probe 10/s through nginx", "switch to green", "check through nginx", "watch 5s",
+                            "migrate", "start green", "ready: green", "probe 10/s through nginx", "switch to green", "check through nginx", "watch 2s",
                             "drain blue", "cleanup (0 old release(s))"]
     drain = _step(plan, "drain blue")
     settle, connections, stop = drain.actions
@@ -558,7 +558,7 @@ def test_rollback_starts_the_other_colour_from_its_release(process_config, green
     plan = process_rollback(process_config, green_live_state)
     assert plan.kind == "rollback" and plan.sha == SHA_OLD
     assert plan.summary == {"colour": "blue", "release": REL_OLD, "previous": SHA_NEW, "probe_interval": 0.1}
-    assert _names(plan) == ["start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "check through nginx", "watch 5s", "drain green"]
+    assert _names(plan) == ["start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "check through nginx", "watch 2s", "drain green"]
     start = _start(plan, "blue")
     script = start.actions[0].content.decode()
     assert f"exec {ROOT}/releases/{REL_OLD}/.deploytasks/run gunicorn" in script and REL_NEW not in script

@@ -232,7 +232,7 @@ class _Old:
 
 def test_switch_over_drains_the_old_colour_with_its_stop_and_namespace(local_config, blue_live_state, first_state):
     switch, verify, watch, drain = traffic.switch_over(local_config, blue_live_state, "green", REL_NEW, SHA_NEW, _Old())
-    assert (switch.name, verify.name, watch.name, drain.name) == ("switch to green", "check through nginx", "watch 5s",
+    assert (switch.name, verify.name, watch.name, drain.name) == ("switch to green", "check through nginx", "watch 2s",
                                                                   "drain blue"), "the old colour drains after the watch"
     assert drain.actions[1].argv[-3:] == ("pid", "of", "blue") and drain.actions[2] == cmd("stop", "blue")
     assert [s.name for s in traffic.switch_over(local_config, first_state, "blue", REL_NEW, SHA_NEW, None)] == [
