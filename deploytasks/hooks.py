@@ -93,15 +93,19 @@ def run(path: Path, environment: Mapping[str, str], *, timeout: float, cwd: Path
     reader = threading.Thread(target=read, name=f"hook-{path.name}", daemon=True)
     reader.start()
     stopped = ""
-    while process.poll() is None:
-        if stop():
-            stopped = "interrupted"
-        elif time.monotonic() - started >= timeout:
-            stopped = f"timed out after {timeout:g}s (HOOK_TIMEOUT)"
-        if stopped:
-            _end(process)
-            break
-        time.sleep(POLL)
+    try:
+        while process.poll() is None:
+            if stop():
+                stopped = "interrupted"
+            elif time.monotonic() - started >= timeout:
+                stopped = f"timed out after {timeout:g}s (HOOK_TIMEOUT)"
+            if stopped:
+                _end(process)
+                break
+            time.sleep(POLL)
+    except BaseException:  # Ctrl-C outside a deploy's own handling: the hook's group goes too
+        _end(process)
+        raise
     reader.join(READER_GRACE)  # a process the hook left behind may hold the pipe: not waited for
     return Ran(path.name, process.returncode, stopped, list(tail), time.monotonic() - started)
 
