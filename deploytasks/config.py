@@ -95,6 +95,10 @@ class Config:
     env_files: tuple[EnvFile, ...] = ()
     excluded: tuple[str, ...] = ()  # compose services left out of the deploy (EXCLUDE_SERVICES)
     maintenance_allow: tuple[str, ...] = ()
+    hooks_dir: Path = Path(".deploytasks/hooks")  # absolute once parsed (HOOKS_DIR, relative to the root)
+    hooks_per_host: tuple[str, ...] = ()
+    hook_timeout: float = 300.0
+    webhook_url: str = field(default="", repr=False)
     processes: "ProcessConfig | None" = None
     site_template: Path = PACKAGED_TEMPLATES / TEMPLATES["site"]
     maintenance_page: Path = PACKAGED_TEMPLATES / TEMPLATES["maintenance"]
@@ -123,10 +127,12 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Values never to print: values whose key looks secret, and passwords in URLs, of the app
-        env and of the compose services' env files."""
+        env and of the compose services' env files; the webhook URL, and its path on its own (an
+        HTTP library's error names the path without the host)."""
         envs = [self.app_env, *(env_file.values for env_file in self.env_files)]
         values = [v for env in envs for k, v in env.items() if v and SECRET_KEY_PATTERN.search(k)]
-        return values + [m for env in envs for v in env.values() for m in URL_PASSWORD.findall(v)]
+        values += [m for env in envs for v in env.values() for m in URL_PASSWORD.findall(v)]
+        return values + webhook_secrets(self.webhook_url)
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,16 @@ class ProcessConfig:
     supervisor: str
     timeout_dependencies: float
     timeout_build: float
+
+
+def webhook_secrets(url: str) -> list[str]:
+    """A webhook URL carries its token in the path (Slack's /services/T/B/TOKEN, Discord's
+    /api/webhooks/ID/TOKEN): the URL and, apart, its path and query."""
+    if not url:
+        return []
+    rest = url.split("://", 1)[-1]
+    path = rest[rest.index("/"):] if "/" in rest else ""
+    return [url] + ([path] if len(path.strip("/")) >= 3 else [])
 
 
 def env_file(root: Path, env: str) -> Path:
@@ -263,6 +279,10 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
         env_files=env_files,
         excluded=excluded,
         maintenance_allow=values["MAINTENANCE_ALLOW"],
+        hooks_dir=_local_path(root, values["HOOKS_DIR"]),
+        hooks_per_host=values["HOOKS_PER_HOST"],
+        hook_timeout=values["HOOK_TIMEOUT"],
+        webhook_url=values["WEBHOOK_URL"],
         processes=_processes(root, values, problems) if mode == "processes" else None,
         site_template=template(root, "site", problems),
         maintenance_page=template(root, "maintenance", problems),
@@ -271,6 +291,12 @@ def parse(root: Path, env: str, raw: dict[str, str], environ: dict[str, str]) ->
     if problems:
         raise ConfigError(f"{env_file(root, env).relative_to(root) if root else env}: {len(problems)} problem(s)", problems)
     return config
+
+
+def _local_path(root: Path, value: str) -> Path:
+    """A path on the deploying machine: as given if absolute, else in the repository."""
+    path = Path(value)
+    return path if path.is_absolute() else root / path
 
 
 def _read(raw: dict[str, str], group: str, problems: list[str]) -> dict:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .hooks import NAMES as HOOK_NAMES
+
 GENERAL, PROCESSES = "general", "processes"
 MODES = ("containers", "processes")
 SUPERVISORS = ("auto", "systemd", "pidfile")
@@ -31,6 +33,8 @@ SERVER_NAMES_RE = re.compile(r"^[A-Za-z0-9_.*-]+( [A-Za-z0-9_.*-]+)*$")
 REL_PATH_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.()]*$")
 INTERPRETER_RE = re.compile(r"^[A-Za-z0-9_./-]+$")
+HOOK_RE = re.compile(f"^({'|'.join(map(re.escape, HOOK_NAMES))})$")
+URL_RE = re.compile(r"^https?://[^\s/?#]+(/\S*)?$")
 
 
 def split(value: str) -> list[str]:
@@ -181,6 +185,17 @@ class Command:
         except ValueError as exc:
             problems.append(f"{key}: cannot be split into arguments ({exc})")
             return ()
+
+
+@dataclass(frozen=True)
+class SecretUrl:
+    """An http(s) URL that is a secret (a webhook's token is in its path): a problem names the
+    key, never the value."""
+
+    def __call__(self, key: str, value: str, problems: list[str]) -> str:
+        if value and not URL_RE.match(value):
+            problems.append(f"{key}: not an http:// or https:// URL (the value is a secret: not shown)")
+        return value
 
 
 # --- the keys ----------------------------------------------------------------------------------
@@ -355,6 +370,19 @@ KEYS: tuple[Key, ...] = (
         "comma-separated names of process environment variables (CI secrets) added to `app.env`"),
     Key("MAINTENANCE_ALLOW", "", Networks(),
         "addresses / CIDR ranges that bypass maintenance mode"),
+    Key("HOOKS_DIR", ".deploytasks/hooks", LocalPath(),
+        "directory (in this repository, or absolute) of the executables run on this machine around each deploy "
+        "and rollback: `pre-deploy`, `post-switch`, `post-deploy`, `deploy-failed` (see Hooks and notifications); "
+        "a missing one is skipped, one that is not executable is refused before connecting"),
+    Key("HOOKS_PER_HOST", "", Items(HOOK_RE, "hook names (" + ", ".join(HOOK_NAMES) + ")"),
+        "comma-separated hooks run once per host (with `DEPLOY_HOST`) instead of once per deploy"),
+    Key("HOOK_TIMEOUT", "300", TIMEOUT,
+        "seconds a hook may run: then it is stopped (TERM, KILL 5 s later) and counts as failed"),
+    Key("WEBHOOK_URL", "", SecretUrl(),
+        "Slack- or Discord-compatible incoming webhook told when a deploy or rollback starts, succeeds or fails; "
+        "a secret, masked in every line printed (`WEBHOOK_URL=${SLACK_WEBHOOK_URL}` reads it from the process "
+        "environment); one it cannot reach is a warning, never a failed deploy",
+        shown="empty (no notifications)"),
 
     Key("SOURCE_REPO", ".", LocalPath(),
         "local git repository whose commits are deployed (the host needs no access to it)", group=PROCESSES),

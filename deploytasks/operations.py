@@ -11,8 +11,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import (backends, deploys, history, holder, lock, locking, maintenance, nginx, parallel, phases, probe,
-               progress, releases, rollout, shas)
+from . import (backends, deploys, events, history, holder, lock, locking, maintenance, nginx, parallel, phases,
+               probe, progress, releases, rollout, shas)
 from .config import Config
 from .remote.connection import connect
 from .remote.console import Console, columns
@@ -90,6 +90,7 @@ def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = T
     each host's history line (a promotion's source). `probing`: False for --no-probe."""
     policy = lock.policy(force_unlock, force, lock_wait)
     config = target.config
+    events.check(config)  # a hook that cannot run is refused before connecting
     backend = backends.of(config, shas.check(sha), fast=fast)  # the artifact exists: checked before connecting
     if window and not backend.windows:
         raise ConfigError("--maintenance is for container releases (MODE=containers)")
@@ -101,7 +102,8 @@ def deploy(target: Target, sha: str, *, dry_run: bool = False, migrate: bool = T
         return deploys.deploy(config, state, backend, sha, releases.name(sha), migrate=migrate and primary,
                               kind=kind, window=window, probing=probing)
 
-    return _each_host(target, kind, sha, plan_for, dry_run=dry_run, policy=policy, echo=echo, over=over, note=note)
+    return _each_host(target, kind, sha, plan_for, dry_run=dry_run, policy=policy, echo=echo, over=over, note=note,
+                      announce=True)
 
 
 def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dry_run: bool = False,
@@ -115,10 +117,11 @@ def rollback(target: Target, *, to: str | None = None, migrate: bool = False, dr
                       lock_wait=lock_wait, kind="rollback", fast=target.config.mode == "processes", over=over,
                       probing=probing, echo=echo)
     policy = lock.policy(force_unlock, force, lock_wait)
+    events.check(target.config)
     backend = backends.of(target.config)
     return _each_host(target, "rollback", None,
                       lambda state, primary: deploys.rollback(target.config, state, backend, probing=probing),
-                      dry_run=dry_run, policy=policy, echo=echo, over=over)
+                      dry_run=dry_run, policy=policy, echo=echo, over=over, announce=True)
 
 
 def promote(source: Target, target: Target, sha: str, *, force: bool = False, dry_run: bool = False,
@@ -181,28 +184,38 @@ def set_maintenance(target: Target, on: bool, *, dry_run: bool = False, force_un
 
 def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[HostState, bool], Plan], *,
                dry_run: bool, policy: lock.Policy, echo, over: Rollout = Rollout(),
-               note: dict | None = None) -> dict[str, str]:
+               note: dict | None = None, announce: bool = False) -> dict[str, str]:
     """Lock every host (all or none), plan each from its own state (the first host's plan alone
-    migrates), then the rollout (rollout.py), then each host's history. `plan_for(state, primary)`."""
+    migrates), then the rollout (rollout.py), then each host's history. `plan_for(state, primary)`.
+    `announce`: run the hooks and send the notices (events.py) of a deploy or rollback."""
+    ident = uuid.uuid4().hex[:12]
+    told = events.Events(target.config, kind, ident, echo) if announce else None
     if dry_run:
         _dry_run(target, plan_for)
+        if told:
+            told.dry_run()
         return {}
     order = rollout.batches(target.hosts, over.batch)  # a bad --batch is refused before connecting
     layout = Layout.of(target.config)
-    fleet = uuid.uuid4().hex[:12] if len(target.hosts) > 1 else None
+    fleet = ident if len(target.hosts) > 1 else None
     members: list[Crew] = []
     aborted: BaseException | None = None
+    failure: BaseException | None = None
     with interruptible() as interrupt, ExitStack() as connections:
         try:
             members = _lock_every_host(target, layout, kind, sha, policy, interrupt, connections)
             states = _all(members, lambda crew: read_state(crew.remote, target.config))
             plans = [plan_for(state, index == 0) for index, state in enumerate(states)]
             _check_fleet(kind, sha, members, states, plans)
+            if told:  # pre-deploy: a failure stops here, every lock released, nothing changed
+                told.starting(target.hosts, plans, lock.who(members[0].held.info), stop=lambda: bool(interrupt))
             notes = {**({"fleet": fleet} if fleet else {}), **(note or {})}
             _all(list(zip(members, states, plans)), lambda m: m[0].begin(layout, kind, m[1], m[2], notes))
             try:
                 rollout.roll([crew.member for crew in members], order, batch_wait=over.wait,
-                             rollback=over.rollback, echo=echo)
+                             rollback=over.rollback, echo=echo,
+                             on_switched=(lambda member: told.switched(member.host)) if told else None,
+                             on_all_switched=told.all_switched if told else None)
             except KeyboardInterrupt:
                 raise  # a hard abort records nothing: the lock is kept, the next deploy writes what happened
             except BaseException:
@@ -212,9 +225,15 @@ def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[H
         except KeyboardInterrupt as error:
             aborted = error
             raise
+        except BaseException as error:
+            failure = error
+            raise
         finally:
             parallel.each(members, lambda crew: crew.held.end(aborted or (crew.member.error if crew.member else None)),
                           lambda crew: crew.host)
+            if told and not aborted:  # post-deploy or deploy-failed, and the notice, once the locks are free
+                told.figures = probe.combined([crew.figures for crew in members])
+                told.finished({crew.host: crew.outcome for crew in members}, failure)
     serving = {crew.host: crew.plan.sha for crew in members}
     if any(serving.values()):
         echo("summary: " + ", ".join(f"{host} serves {sha}" for host, sha in serving.items()))
@@ -302,6 +321,12 @@ class Crew:
         self.before: str | None = None
         self.started = time.time()
         self.note: dict = {}
+        self.figures: dict | None = None  # what its probe saw
+
+    @property
+    def outcome(self) -> str:
+        """What became of the host (rollout.py's words), or that the rollout never reached it."""
+        return self.member.outcome if self.member and self.member.outcome else "not started"
 
     @property
     def now(self) -> str | None:
@@ -341,7 +366,7 @@ class Crew:
             _record(remote, (progress.clear_argv(layout),), "the end of the deploy")
             return
         extra = dict(self.note)
-        figures = self._probe(layout)
+        figures = self.figures = self._probe(layout)
         extra.update({"probe": figures} if figures else {})
         colour = plan.summary.get("colour")
         if member.outcome == rollout.OK or member.outcome == rollout.KEPT:

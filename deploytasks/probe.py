@@ -135,3 +135,14 @@ def describe(figures: dict, switched_back: bool = False) -> str:
         more = figures["failed"] - len(failures)
         text += "\n  failed: " + ", ".join(failures) + (f" and {more} more" if more > 0 else "")
     return text
+
+
+def combined(each: list[dict]) -> dict:
+    """Several hosts' figures as one: requests and failures summed, the longest gap of any."""
+    each = [figures for figures in each if figures]
+    if not each:
+        return {}
+    regressions = [f["regressions"] for f in each if f.get("regressions") is not None]
+    return {"requests": sum(f["requests"] for f in each), "failed": sum(f["failed"] for f in each),
+            "gap_ms": max(f["gap_ms"] for f in each), "regressions": sum(regressions) if regressions else None,
+            "hosts": len(each)}

@@ -73,8 +73,12 @@ def _batch_size(count: int, batch: str | int | None) -> int:
 
 
 def roll(members: Sequence[Member], order: list[list[str]], *, batch_wait: float = 0.0, rollback: bool = True,
-         echo: Callable[[str], None] = print) -> None:
-    """Run every member's plan as above; raises the first failure once every host is settled."""
+         echo: Callable[[str], None] = print, on_switched: Callable[[Member], object] | None = None,
+         on_all_switched: Callable[[], object] | None = None) -> None:
+    """Run every member's plan as above; raises the first failure once every host is settled.
+    `on_switched(member)`: in that host's thread, once its traffic moved and its check passed,
+    before the next batch; `on_all_switched()`: once every batch has, before the finish. Neither
+    may raise (a raise is that host's failure)."""
     by_host = {member.host: member for member in members}
     try:
         # prepared up to the new colour's start, then the migration (the first host's plan alone
@@ -90,12 +94,14 @@ def roll(members: Sequence[Member], order: list[list[str]], *, batch_wait: float
             batch = [by_host[host] for host in hosts]
             if len(order) > 1:
                 echo(f"batch {number} of {len(order)}: {', '.join(hosts)}")
-            failed = _parallel(batch, lambda m: m.run.before(phases.DRAIN, phases.CLEANUP))
+            failed = _parallel(batch, lambda m: _switch(m, on_switched))
             if failed:
                 _settle(members, failed, rollback, echo)
             if batch_wait and number < len(order):
                 echo(f"waiting {batch_wait:g}s before the next batch (--batch-wait)")
                 time.sleep(batch_wait)
+        if on_all_switched:
+            on_all_switched()
         failed = _parallel(members, lambda m: m.run.through())
         for member in members:
             member.outcome = FAILED if member in failed else OK
@@ -104,6 +110,14 @@ def roll(members: Sequence[Member], order: list[list[str]], *, batch_wait: float
     finally:
         for member in members:
             member.seconds = member.seconds or time.monotonic() - member.started
+
+
+def _switch(member: Member, then: Callable[[Member], object] | None) -> None:
+    """A host's switch, its check and its watch; then `then`, if its traffic did move (a plan may
+    have no switch)."""
+    member.run.before(phases.DRAIN, phases.CLEANUP)
+    if then and member.switched:
+        then(member)
 
 
 def _settle(members: Sequence[Member], failed: list[Member], rollback: bool, echo) -> None:

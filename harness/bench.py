@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from deploytasks import config as configuration
-from deploytasks import operations, phases, traffic
+from deploytasks import operations, phases, probe, traffic
 from deploytasks.backends import compose, processes
 from deploytasks.errors import DeployError
 from deploytasks.facts import HostState, release_sha
@@ -313,20 +313,15 @@ def measure(target: operations.Target, scenario: Scenario, *, clients: int, rate
 
 
 def _probes(target: operations.Target, since: float) -> dict:
-    """What the deploy's own probe saw (its history line), beside the load's figures: summed over
-    the hosts, the longest gap of any."""
+    """What the deploy's own probe saw (each host's history line), beside the load's figures."""
     found = []
     for host in target.hosts:
         history = _state(target, host).history
         record = history[-1] if history else {}
-        stamp = record.get("time", "")
-        if record.get("probe") and stamp >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since - 1)):
-            found.append(record["probe"])
-    if not found:
-        return {}
-    return {"probe": {"requests": sum(p["requests"] for p in found), "failed": sum(p["failed"] for p in found),
-                      "gap_ms": max(p["gap_ms"] for p in found),
-                      "regressions": sum(p.get("regressions") or 0 for p in found)}}
+        if record.get("time", "") >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since - 1)):
+            found.append(record.get("probe"))
+    figures = probe.combined(found)
+    return {"probe": figures} if figures else {}
 
 
 def _taken_back(samples: list, bad_sha: str) -> dict:
@@ -352,9 +347,9 @@ def table(rows: list[dict]) -> str:
                      f"{row['regressions']:>7} {row['deploy_s']:>8.1f} {row['p50_ms']:>6.1f} {row['p99_ms']:>6.1f} {row['cpu_busy']:>4.2f} "
                      f"{window}")
         if "probe" in row:
-            probe = row["probe"]
-            lines.append(f"    probe (the deploy's own): {probe['failed']} failed of {probe['requests']}, longest gap "
-                         f"{probe['gap_ms']} ms, {probe['regressions']} old after new")
+            seen = row["probe"]
+            lines.append(f"    probe (the deploy's own): {seen['failed']} failed of {seen['requests']}, longest gap "
+                         f"{seen['gap_ms']} ms, {seen['regressions'] or 0} old after new")
         if "back_s" in row:
             lines.append(f"    taken back: {row['failed_by_bad_release']} failed answered by the bad release, "
                          f"{row['failed_otherwise']} otherwise; old version only again {row['back_s']}s after "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from pathlib import Path
 
 import pytest
 from conftest import GOOD_ENV, REPO, make_root, raw_of, replace_keys as _replace
@@ -460,3 +461,45 @@ def test_listen_on_a_port_needs_a_start_command(tmp_path, process_repo):
 def test_files_path_of_processes_is_relative_in_the_release(tmp_path, process_repo, path):
     root = make_root(tmp_path, {"t": _process_env(process_repo[0], STATIC_URL="/static/", STATIC_PATH=path)})
     assert _problems(root) == [f"STATIC_PATH: {path!r} is not a path in the release"]
+
+
+# --- hooks and the webhook ---------------------------------------------------------------------
+
+WEBHOOK = "https://hooks.slack.com/services/T000/B000/XXXXsecretXXXX"
+
+
+def test_hooks_dir_is_in_the_repository_unless_absolute(tmp_path):
+    root = make_root(tmp_path, {"t": GOOD_ENV, "abs": _replace(GOOD_ENV, HOOKS_DIR="/opt/hooks", HOOK_TIMEOUT="30",
+                                                             HOOKS_PER_HOST="post-switch, deploy-failed")})
+    default = configuration.load(root, "t", environ={})
+    assert (default.hooks_dir, default.hooks_per_host, default.hook_timeout) == (root / ".deploytasks/hooks", (), 300)
+    absolute = configuration.load(root, "abs", environ={})
+    assert absolute.hooks_dir == Path("/opt/hooks") and absolute.hook_timeout == 30
+    assert absolute.hooks_per_host == ("post-switch", "deploy-failed")
+
+
+def test_hooks_per_host_names_only_hooks(tmp_path):
+    root = make_root(tmp_path, {"t": _replace(GOOD_ENV, HOOKS_PER_HOST="post-switch,post_deploy")})
+    assert _problems(root) == ["HOOKS_PER_HOST: 'post_deploy' not hook names (pre-deploy, post-switch, post-deploy, "
+                               "deploy-failed)"]
+
+
+def test_the_webhook_url_is_a_secret_and_so_is_its_path(tmp_path):
+    root = make_root(tmp_path, {"t": _replace(GOOD_ENV, WEBHOOK_URL=WEBHOOK)})
+    c = configuration.load(root, "t", environ={})
+    assert c.webhook_url == WEBHOOK and WEBHOOK not in repr(c)
+    assert c.secrets() == [WEBHOOK, "/services/T000/B000/XXXXsecretXXXX"]
+    assert configuration.webhook_secrets("http://127.0.0.1:9/") == ["http://127.0.0.1:9/"], "no path worth masking"
+
+
+def test_the_webhook_url_can_come_from_the_process_environment(tmp_path, monkeypatch):
+    root = make_root(tmp_path, {"t": _replace(GOOD_ENV, WEBHOOK_URL="${CI_SLACK_WEBHOOK}")})
+    monkeypatch.setenv("CI_SLACK_WEBHOOK", WEBHOOK)
+    assert configuration.load(root, "t", environ={}).webhook_url == WEBHOOK
+
+
+def test_a_malformed_webhook_url_is_refused_without_showing_it(tmp_path):
+    root = make_root(tmp_path, {"t": _replace(GOOD_ENV, WEBHOOK_URL="hooks.slack.com/services/T/B/XXXXsecret")})
+    problems = _problems(root)
+    assert problems == ["WEBHOOK_URL: not an http:// or https:// URL (the value is a secret: not shown)"]
+    assert "XXXXsecret" not in " ".join(problems)

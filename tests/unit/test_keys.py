@@ -21,7 +21,8 @@ SAMPLES = {
     "BUILD_INPUTS": "assets,Makefile", "BUILD_OUTPUT": "static", "SHARED_PATHS": "uploads", "TIMEOUT_STOP": "60",
     "EXCLUDE_SERVICES": "proxy", "READY_PATH": "/readyz", "VERSION_PATH": "/version", "WEB_PORT": "8000",
     "WEB_HOST_PORTS": "21000,21001", "STATIC_URL": "/static/", "STATIC_PATH": "/app/static", "MEDIA_URL": "/media/",
-    "MEDIA_PATH": "/app/media", "START_COMMAND": "node server.js",
+    "MEDIA_PATH": "/app/media", "START_COMMAND": "node server.js", "HOOKS_PER_HOST": "post-switch,pre-deploy",
+    "WEBHOOK_URL": "https://hooks.example.com/services/T0/B0/not-a-real-token",
 }
 # What differs for process releases: no WEB_PORT (LISTEN=port instead), paths in the release
 PROCESS_SAMPLES = {"WEB_PORT": "", "STATIC_PATH": "static", "MEDIA_PATH": "media"}
@@ -32,7 +33,7 @@ ENVIRON = {"DB_PASSWORD": "hunter2"}
 BAD = {
     keys.Choice: "nope", keys.Integer: "2.5", keys.Number: "abc", keys.Match: "x; rm -rf /",
     keys.HostPath: "/srv/shop; rm -rf /", keys.Image: "ghcr.io/acme/web:latest", keys.Items: "ok,$(id)",
-    keys.Networks: "all; deny", keys.Command: "'unclosed",
+    keys.Networks: "all; deny", keys.Command: "'unclosed", keys.SecretUrl: "ftp://hooks.example.com/token",
 }
 
 
@@ -164,7 +165,7 @@ def test_required_keys_report_missing_and_empty():
 # --- the defaults are what parse uses ----------------------------------------------------------------
 
 # keys whose value config.py turns into something else (project paths, the app's env), checked below
-TRANSFORMED = {"COMPOSE_FILES", "SOURCE_REPO", "APP_ENV_FILE", "APP_ENV_PASSTHROUGH"}
+TRANSFORMED = {"COMPOSE_FILES", "SOURCE_REPO", "APP_ENV_FILE", "APP_ENV_PASSTHROUGH", "HOOKS_DIR"}
 ATTRIBUTE = {"STATELESS_SERVICES": "stateless", "STATEFUL_SERVICES": "stateful", "EXCLUDE_SERVICES": "excluded"}
 
 
@@ -184,6 +185,7 @@ def test_defaults_are_what_parse_uses(tmp_path, git_repo, mode):
         value, expected = getattr(owner, ATTRIBUTE.get(key.name, key.name.lower())), key.check(key.name, key.default, [])
         assert (value, type(value)) == (expected, type(expected)), key.name
     assert config.compose_files == (root / "compose/compose.yml",) and config.app_env == {}
+    assert config.hooks_dir == root / ".deploytasks/hooks" and config.webhook_url == ""
     # the computed defaults, as the README describes them
     assert config.deploy_path == "/srv/shop" and config.web_service == "web" and config.ssh_key == ""
     assert config.migrate_command == () and config.stateless == ("web",)
