@@ -181,7 +181,9 @@ def test_a_deploy_notifies_start_and_success_and_runs_its_hooks_once(fresh_host,
     assert (start["sha"], start["env"], start["hosts"], start["previous_sha"]) == \
         (sha("v2"), "local", ["127.0.0.1"], sha("v1"))
     assert success["outcome"] == "ok" and success["outcomes"] == {"127.0.0.1": "ok"} and success["duration_s"] > 0
-    assert success["id"] == start["id"] and success["probe"] == {}
+    assert success["id"] == start["id"]
+    assert success["probe"]["failed"] == 0 and success["probe"]["requests"] > 0, "the probe's figures are sent"
+    assert f"(probe: requests {success['probe']['requests']}, failed 0" in receiver.bodies[1]["text"]
     assert all(body["text"] == body["content"] and sha("v2")[:12] in body["text"] for body in receiver.bodies)
 
     out = capsys.readouterr().out
