@@ -52,7 +52,7 @@ def open_remote(target: Target, host: str, interrupt: Interrupt | None = None) -
 
 
 def read_state(remote: Remote, config: Config) -> HostState:
-    command = read_command(Layout.of(config), config.health_path, nginx.probe_host(config))
+    command = read_command(Layout.of(config), config.health_path, nginx.probe_host(config), bool(config.images))
     return parse(remote.check(command, "reading the host's state"))
 
 
@@ -327,7 +327,7 @@ class Crew:
 
     def _marker(self, step: str) -> dict:
         return progress.record(self.plan.kind, self.plan.sha, self.plan.summary.get("colour"), self.held.info, step,
-                               self.started)
+                               self.started, release=self.plan.summary.get("release"))
 
     def record(self, layout: Layout) -> None:
         """The host's history line for what became of it, and its marker cleared (or left saying
@@ -338,7 +338,8 @@ class Crew:
         if not member.outcome and member.error is None:  # the rollout stopped before it ran anything here
             _record(remote, (progress.clear_argv(layout),), "the end of the deploy")
             return
-        extra = dict(self.note)
+        # the release the line is about: what the cleanup judges releases by
+        extra = {**self.note, **({"release": plan.summary["release"]} if plan.summary.get("release") else {})}
         colour = plan.summary.get("colour")
         if member.outcome == rollout.OK or member.outcome == rollout.KEPT:
             window = maintenance.window_seconds(member.run.outcome.steps)
