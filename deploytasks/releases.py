@@ -19,7 +19,7 @@ from . import phases, progress, shas
 from .config import Config
 from .facts import HostState, release_sha
 from .layout import COLOURS, Layout, other
-from .plan import Cmd, Step, cmd
+from .plan import Cmd, Plan, Step, cmd
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -184,3 +184,25 @@ def cleanup_step(layout: Layout, doomed: list[str], then: tuple[Cmd, ...] = ()) 
     actions = (cmd("rm", "-rf", *(layout.release(r) for r in doomed)),) if doomed else ()
     return Step(phases.CLEANUP, (*actions, *then), best_effort=True, label=f"cleanup ({len(doomed)} old release(s))")
 
+
+def prune(config: Config, state: HostState, backend: Backend) -> Plan:
+    """`prune`: what `select` drops and what only those releases used, nothing else; the listing
+    (kept and removed, each with why) is printed before it runs, and is all `--dry-run` needs."""
+    chosen = select(state, config.keep_releases)
+    freed = backend.freed(state, chosen.doomed, chosen.kept)
+    images = [name for kind, name in freed.items if kind == "image"]
+    venvs = [name for kind, name in freed.items if kind == "virtualenv"]
+    counts = f"{len(chosen.doomed)} release(s), {len(images)} image(s), {len(venvs)} virtualenv(s)"
+    step = dataclasses.replace(cleanup_step(Layout.of(config), chosen.doomed, then=freed.commands),
+                               best_effort=False, label=f"prune ({counts})")
+    if chosen.doomed or freed.items:
+        head = f"prune: {counts} to remove; KEEP_RELEASES={config.keep_releases}"
+    else:
+        head = f"prune: nothing to remove ({len(chosen.keep)} release(s) kept; KEEP_RELEASES={config.keep_releases})"
+    width = max((len(r) for r in state.releases), default=0)
+    listing = [head,
+               *(f"  keep    release {r:{width}}  {chosen.keep[r]}" for r in chosen.kept),
+               *(f"  remove  release {r:{width}}  {chosen.drop[r]}" for r in chosen.doomed),
+               *(f"  remove  {kind} {name}" for kind, name in freed.items)]
+    return Plan("prune", "", (step,), {"listing": listing, "record": {
+        "prune": {"releases": chosen.doomed, "images": images, "virtualenvs": venvs}}})

@@ -199,6 +199,18 @@ def test_after_switch_the_new_release_serves_and_counts_as_served():
     assert chosen.doomed == [rel(1), rel(2)], "green's release before the switch is neither live nor previous"
 
 
+def test_the_deploy_cleanup_and_prune_agree(local_config):
+    """The cleanup of a deploy removes what `prune` right after it would."""
+    config = dataclasses.replace(local_config, keep_releases=3)
+    state = host(6, live=5, other=4, failed={6: "died"})
+    cleanup = container_deploy(config, state, sha_of(rel(7)), rel(7)).steps[-1]
+    after = releases.after_switch(state, "green", rel(7))
+    plan = releases.prune(config, after, Containers(config))
+    assert cleanup.actions == plan.steps[0].actions
+    # kept: 7 (live), 5 (previous), 4 (the third newest that served); 6 died
+    assert cleanup.actions[0].argv == ("rm", "-rf", *(f"{ROOT}/releases/{rel(i)}" for i in (1, 2, 3, 6)))
+
+
 # --- what goes with them: images (containers) ------------------------------------------------------
 
 def _images(config, state, keep):
