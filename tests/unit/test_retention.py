@@ -344,3 +344,17 @@ def test_removing_images_never_forces_and_says_what_became_of_each(tmp_path):
                          env=env, timeout=10)
     assert out.returncode == 1 and out.stdout.splitlines() == [
         "could not remove image r/web:broken: Cannot connect to the Docker daemon", "removed image r/web:a2"]
+
+
+def test_history_lines_without_a_usable_time_or_sha_judge_nothing():
+    state = host(4, live=4, other=3)
+    odd = ({"kind": "deploy", "sha": sha_of(rel(1)), "outcome": "ok"},                 # no time, no release
+           {"time": "yesterday", "kind": "deploy", "sha": sha_of(rel(2)), "outcome": "ok"},
+           {"time": "2024-01-01T12:00:00Z", "kind": "maintenance-on", "sha": "", "outcome": "ok"},
+           {"time": "2024-01-01T12:00:01Z", "kind": "prune", "sha": "", "outcome": "failed"})
+    # the oldest usable time is the maintenance line's, after release 1 and before release 2; only
+    # release 3's and 4's lines name a release
+    state = dataclasses.replace(state, history=(*odd, *state.history[2:]))
+    chosen = releases.select(state, 3)
+    assert chosen.keep[rel(1)] == "one of the newest 3 that served", "older than every usable line: not judged"
+    assert chosen.drop == {rel(2): "no successful deploy of it in the history (it never finished)"}
