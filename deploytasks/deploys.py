@@ -10,13 +10,13 @@ maintenance window covers only: stop old, migrate, ready, switch.
 """
 from __future__ import annotations
 
-from . import maintenance, nginx, phases, probe, traffic
+from . import maintenance, nginx, phases, probe, releases, traffic
 from .backends import Backend
 from .config import Config
 from .facts import HostState, release_sha
 from .layout import Layout, other
 from .plan import Plan, Step
-from .releases import cleanup_step, prepare_step, to_delete
+from .releases import prepare_step
 
 
 def deploy(config: Config, state: HostState, backend: Backend, sha: str, release: str, *, migrate: bool = True,
@@ -47,7 +47,7 @@ def deploy(config: Config, state: HostState, backend: Backend, sha: str, release
         switch, *after = traffic.switch_over(config, state, new.colour, release, sha, old)
         steps += [*migration, new.start(fresh=True), new.ready(), *new.assets(), *probe.start_step(config, probing), switch,
                   *([site] if site_after_switch else []), *after]
-    steps.append(_cleanup(config, state, backend, release))
+    steps.append(releases.cleanup(config, state, backend, new.colour, release))
     return Plan(kind, sha, tuple(steps), {"colour": new.colour, "release": release,
                                           "previous": release_sha(state.release_of(live)), "window": window,
                                           "probe_interval": None if window else probe.interval(config, probing)})
@@ -64,11 +64,3 @@ def rollback(config: Config, state: HostState, backend: Backend, *, probing: boo
     return Plan("rollback", sha, tuple(steps), {"colour": colour, "release": release,
                                                 "previous": release_sha(state.release_of(state.live)),
                                                 "probe_interval": probe.interval(config, probing)})
-
-
-def _cleanup(config: Config, state: HostState, backend: Backend, release: str) -> Step:
-    """Old releases beyond KEEP_RELEASES, and what only they used; never what a colour or
-    `current` points at."""
-    doomed = to_delete(state, config.keep_releases, (release,))
-    kept = sorted({*state.releases, release} - set(doomed))
-    return cleanup_step(Layout.of(config), doomed, then=backend.freed(state, doomed, kept))

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from . import holder as holders
 from . import lock
 from .holder import Holder, json_object
-from .layout import COLOURS, Layout
+from .layout import COLOURS, RELEASE_VENV, Layout
 from .plan import sh
 
 _SCRIPT = lock.INSPECT + r"""
 blue=$1; green=$2; live=$3; current=$4; flag=$5; releases=$6; history=$7; bluepid=$8; greenpid=$9
-marker=${10}; health=${11}; site=${12}
+marker=${10}; health=${11}; site=${12}; venvs=${13}; venv=${14}; images=${15}
 printf 'now %s\n' "$(date +%s)"
 printf 'colour blue %s\n' "$(readlink "$blue" 2>/dev/null)"
 printf 'colour green %s\n' "$(readlink "$green" 2>/dev/null)"
@@ -24,7 +24,12 @@ printf 'live %s\n' "$(readlink "$live" 2>/dev/null)"
 for l in "$(dirname "$live")"/*.sock; do [ -L "$l" ] && [ "$l" != "$live" ] && printf 'other-live %s\n' "$(readlink "$l")"; done
 printf 'current %s\n' "$(readlink "$current" 2>/dev/null)"
 [ -e "$flag" ] && printf 'maintenance on %s\n' "$(head -c 64 "$flag" | tr -d '\n')"
-for r in "$releases"/*/; do [ -d "$r" ] && printf 'release %s\n' "$(basename "$r")"; done
+for r in "$releases"/*/; do
+  [ -d "$r" ] || continue
+  printf 'release %s\n' "$(basename "$r")"
+  [ -L "$r$venv" ] && printf 'release-venv %s %s\n' "$(basename "$r")" "$(readlink "$r$venv")"
+done
+for v in "$venvs"/*/; do [ -d "$v" ] && v=${v%/} && printf 'venv %s\n' "${v##*/}"; done
 [ -d "$lock" ] && inspect "$lock"
 tail -n 200 "$history" 2>/dev/null | sed 's/^/history /'
 [ -d /run/systemd/system ] && echo 'systemd yes'
@@ -39,6 +44,10 @@ fi
 if command -v docker >/dev/null 2>&1; then
   docker ps -a --filter "label=com.docker.compose.project" \
     --format 'container {{.Label "com.docker.compose.project"}}	{{.Label "com.docker.compose.service"}}	{{.State}}	{{.Status}}	{{.Image}}' 2>/dev/null
+  # every tagged image, as docker names it (Docker Hub's without docker.io/library/): a prune
+  # removes only those the host has
+  [ "$images" = yes ] && docker image ls --filter dangling=false --format 'image {{.Repository}}:{{.Tag}}' \
+    2>/dev/null && echo 'images listed'
 fi
 true
 """
@@ -75,6 +84,9 @@ class HostState:
     systemd: bool = False
     in_progress: dict | None = None  # the marker of a deploy under way, or one that died half way
     live_answers: bool | None = None  # the live link's socket answered the health path (None: not asked)
+    venvs: tuple[str, ...] = ()  # process releases: the virtualenvs under shared/venvs (names)
+    release_venvs: dict[str, str] = field(default_factory=dict)  # release -> the virtualenv it links (its path)
+    images: tuple[str, ...] | None = None  # every tagged image, <repository>:<tag> as docker names it (None: not listed)
 
     @property
     def deployed(self) -> bool:
@@ -87,12 +99,15 @@ class HostState:
         return [c for c in self.containers if c.project == project]
 
 
-def read_command(layout: Layout, health_path: str = "", site: str = "localhost") -> tuple[str, ...]:
+def read_command(layout: Layout, health_path: str = "", site: str = "localhost",
+                 images: bool = False) -> tuple[str, ...]:
     """Every path comes from the layout: the script itself names none. With `health_path`, it
-    also asks the live colour's socket whether it answers (as nginx would reach it)."""
+    also asks the live colour's socket whether it answers (as nginx would reach it); with
+    `images`, it lists the images the host has (what a prune may remove)."""
     return sh(_SCRIPT, *lock.inspect_args(layout), layout.colour_link("blue"), layout.colour_link("green"),
               layout.live_socket, layout.current, layout.maintenance_flag, layout.releases, layout.history,
-              layout.pidfile("blue"), layout.pidfile("green"), layout.in_progress, health_path, site)
+              layout.pidfile("blue"), layout.pidfile("green"), layout.in_progress, health_path, site,
+              layout.venvs, RELEASE_VENV, "yes" if images else "")
 
 
 def release_sha(release: str | None) -> str | None:
@@ -101,7 +116,9 @@ def release_sha(release: str | None) -> str | None:
 
 
 def parse(output: str) -> HostState:
-    fields: dict = {"colours": {}, "releases": [], "history": [], "containers": [], "processes": {}}
+    fields: dict = {"colours": {}, "releases": [], "history": [], "containers": [], "processes": {}, "venvs": [],
+                    "release_venvs": {}}
+    images, images_listed = [], False
     lock_lines = []
     for line in output.splitlines():
         key, _, value = line.partition(" ")
@@ -127,6 +144,17 @@ def parse(output: str) -> HostState:
             fields["maintenance_by"] = value.partition(" ")[2].strip()
         elif key == "release":
             fields["releases"].append(value)
+        elif key == "release-venv":
+            release, _, target = value.partition(" ")
+            if release and target:
+                fields["release_venvs"][release] = target.rstrip("/")
+        elif key == "venv" and value:
+            fields["venvs"].append(value)
+        elif key == "image":
+            if value and not value.endswith(":<none>"):
+                images.append(value)
+        elif key == "images" and value == "listed":
+            images_listed = True
         elif key == "history":
             entry = json_object(value)
             if entry:
@@ -148,6 +176,8 @@ def parse(output: str) -> HostState:
     fields["holder"] = holders.parse(lock_lines)
     fields["lock"] = fields["holder"].info if fields["holder"] else None
     fields["releases"] = tuple(sorted(fields["releases"]))
+    fields["venvs"] = tuple(sorted(fields["venvs"]))
+    fields["images"] = tuple(sorted(set(images))) if images_listed else None
     fields["history"] = tuple(fields["history"])
     fields["containers"] = tuple(fields["containers"])
     return HostState(**fields)

@@ -362,7 +362,10 @@ KEYS: tuple[Key, ...] = (
         "`DRAIN_TIMEOUT` + 5, the graceful stop before SIGKILL",
         shown=f"`DRAIN_TIMEOUT` + {STOP_MARGIN}"),
     Key("KEEP_RELEASES", "5", Integer(2, 100),
-        "release directories kept on each host (never fewer than the two colours' and `current`)"),
+        "releases kept on each host: the newest this many whose deploy succeeded (one that failed or never "
+        "finished takes no place), and always the live one, the previous one (the rollback target) and each "
+        "colour's; the others go after each deploy and with `prune`, with the images or virtualenvs only they "
+        "used"),
     Key("APP_ENV_FILE", "", LocalPath(),
         "the app's runtime variables and secrets: an untracked dotenv file, uploaded per release as "
         "`app.env`, mode 0600"),

@@ -52,7 +52,7 @@ def open_remote(target: Target, host: str, interrupt: Interrupt | None = None) -
 
 
 def read_state(remote: Remote, config: Config) -> HostState:
-    command = read_command(Layout.of(config), config.health_path, nginx.probe_host(config))
+    command = read_command(Layout.of(config), config.health_path, nginx.probe_host(config), bool(config.images))
     return parse(remote.check(command, "reading the host's state"))
 
 
@@ -182,6 +182,18 @@ def set_maintenance(target: Target, on: bool, *, dry_run: bool = False, force_un
                dry_run=dry_run, policy=policy, echo=echo)
 
 
+def prune(target: Target, *, dry_run: bool = False, force_unlock: bool = False, force: bool = False,
+          lock_wait: float = 0, echo: Callable[[str], None] = print) -> None:
+    """Remove, on every host, the releases `releases.select` drops and what only they used (images,
+    virtualenvs): never the live release, the previous one, a colour's, nor one of the newest
+    KEEP_RELEASES that served. Takes the deploy lock, so it cannot race a deploy; `dry_run` lists
+    what would go on each host and changes nothing."""
+    policy = lock.policy(force_unlock, force, lock_wait)
+    backend = backends.of(target.config)
+    _each_host(target, "prune", None, lambda state, primary: releases.prune(target.config, state, backend),
+               dry_run=dry_run, policy=policy, echo=echo)
+
+
 def _each_host(target: Target, kind: str, sha: str | None, plan_for: Callable[[HostState, bool], Plan], *,
                dry_run: bool, policy: lock.Policy, echo, over: Rollout = Rollout(),
                note: dict | None = None, announce: bool = False) -> dict[str, str]:
@@ -287,8 +299,10 @@ def _dry_run(target: Target, plan_for: Callable[[HostState, bool], Plan]) -> Non
     for index, host in enumerate(target.hosts):
         with session(target, host) as remote:
             plan = plan_for(read_state(remote, target.config), index == 0)
-            remote.console(f"dry run: {plan.kind} {plan.sha} to {plan.summary.get('colour')}; nothing will be changed")
-            for line in plan.describe():
+            what = " ".join(filter(None, (plan.kind, plan.sha, plan.summary.get("colour") and
+                                          f"to {plan.summary['colour']}")))
+            remote.console(f"dry run: {what}; nothing will be changed")
+            for line in (*plan.summary.get("listing", ()), *plan.describe()):
                 remote.console(line)
 
 
@@ -347,6 +361,8 @@ class Crew:
         if plan.sha:
             remote.console(f"{plan.kind} {plan.sha} -> {plan.summary.get('colour')} "
                            f"(was {plan.summary.get('previous') or 'nothing'})")
+        for line in plan.summary.get("listing", ()):
+            remote.console(line)
         # the step under way is in the lock's lease; the marker outlives the lock, so a deploy that
         # never finished is still named after its lock was released or taken over
         remote.run(progress.mark_argv(layout, self._marker(progress.STARTED)))
@@ -354,7 +370,7 @@ class Crew:
 
     def _marker(self, step: str) -> dict:
         return progress.record(self.plan.kind, self.plan.sha, self.plan.summary.get("colour"), self.held.info, step,
-                               self.started)
+                               self.started, release=self.plan.summary.get("release"))
 
     def record(self, layout: Layout) -> None:
         """The host's history line for what became of it, and its marker cleared (or left saying
@@ -365,7 +381,9 @@ class Crew:
         if not member.outcome and member.error is None:  # the rollout stopped before it ran anything here
             _record(remote, (progress.clear_argv(layout),), "the end of the deploy")
             return
-        extra = dict(self.note)
+        # the release the line is about (what `prune` judges releases by), and what the plan adds
+        extra = {**self.note, **({"release": plan.summary["release"]} if plan.summary.get("release") else {}),
+                 **plan.summary.get("record", {})}
         figures = self.figures = self._probe(layout)
         extra.update({"probe": figures} if figures else {})
         colour = plan.summary.get("colour")

@@ -17,9 +17,10 @@ from .layout import Layout
 from .plan import sh
 
 
-def record(kind: str, sha: str | None, colour: str | None, owner: dict, step: str, since: float) -> dict:
+def record(kind: str, sha: str | None, colour: str | None, owner: dict, step: str, since: float,
+           release: str | None = None) -> dict:
     return {"kind": kind, "sha": sha, "colour": colour, "user": lock.who(owner),
-            "token": owner.get("token"), "since": int(since), "step": step}
+            "token": owner.get("token"), "since": int(since), "step": step, **({"release": release} if release else {})}
 
 
 def mark_argv(layout: Layout, marker: dict) -> tuple[str, ...]:
@@ -65,6 +66,7 @@ def obituary(marker: dict, found_by: str, step: str | None, now: float) -> dict:
     return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(marker.get("since", now))),
             "kind": marker.get("kind", "deploy"), "sha": marker.get("sha"), "colour": marker.get("colour"),
             "user": marker.get("user", "?"), "outcome": "died", "steps": {}, "step": step,
+            **({"release": marker["release"]} if marker.get("release") else {}),
             "reason": (f"the deploying process or its connection died during step {step!r}" if step else
                        "the deploying process or its connection died") +
                       f"; found by the next {found_by}, which repaired the host"}

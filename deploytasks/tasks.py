@@ -1,4 +1,4 @@
-"""The tasks users type: `inv deploy`, `fab -H HOST deploy`, rollback, status, maintenance.
+"""The tasks users type: `inv deploy`, `fab -H HOST deploy`, rollback, status, maintenance, prune.
 
 A user's tasks.py is `from deploytasks.tasks import ns`; each task parses its options, loads the
 environment's configuration from the user's repository and hands over to deploytasks.operations.
@@ -191,7 +191,17 @@ def maintenance_off(c, env=None, dry_run=False, force_unlock=False, force=False,
                                    lock_wait=lock_wait)
 
 
-TASKS = (deploy, rollback, promote, status, maintenance_on, maintenance_off)
+@task(help={**MAINTENANCE_HELP, "dry-run": "list what would be removed on each host (releases, images, "
+                                            "virtualenvs) and why the rest stays; change nothing"})
+@friendly
+def prune(c, env=None, dry_run=False, force_unlock=False, force=False, lock_wait=None, accept_new_host_key=False):
+    """Remove old releases beyond KEEP_RELEASES and what only they used; never the live, previous or a colour's."""
+    target = _target(c, env, accept_new_host_key, "prune")
+    if target:
+        operations.prune(target, dry_run=dry_run, force_unlock=force_unlock, force=force, lock_wait=lock_wait)
+
+
+TASKS = (deploy, rollback, promote, status, maintenance_on, maintenance_off, prune)
 
 
 def collection() -> Collection:

@@ -13,6 +13,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..facts import HostState
 from ..plan import Cmd, Step
+from ..releases import Freed
 
 
 class Colour(Protocol):
@@ -59,8 +60,9 @@ class Backend(Protocol):
     def stage(self, state: HostState, new: Colour) -> list[Step]:
         """Everything between `prepare` and the nginx site: upload, pull, dependencies, build."""
 
-    def freed(self, state: HostState, doomed: list[str], kept: list[str]) -> tuple[Cmd, ...]:
-        """What to remove once the `doomed` releases are gone (their images, unused virtualenvs)."""
+    def freed(self, state: HostState, doomed: list[str], kept: list[str]) -> Freed:
+        """What only the `doomed` releases used (their images, their virtualenvs), to remove once
+        they are gone; never what a `kept` release or a container uses."""
 
 
 def full_sha(config: Config, sha: str) -> str:

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..facts import HostState, release_sha
 from ..layout import APP_ENV, CONTAINER_RUN_DIR, Layout
 from ..plan import Cmd, Put, Step, cmd, sh
+from ..releases import Freed
 from ..tracked import tracked
 from . import compose
 
@@ -141,6 +142,23 @@ _GONE = r"""
 done
 """
 
+# each image untagged (never forced); one a container uses, or already gone, is not a failure
+_REMOVE_IMAGES = r"""
+failed=0
+for image do
+    if out=$(docker image rm "$image" 2>&1); then
+        echo "removed image $image"
+    else
+        case "$out" in
+            *"No such image"*) echo "image $image: already gone" ;;
+            *conflict*) echo "kept image $image: a container uses it" ;;
+            *) echo "could not remove image $image: $out"; failed=1 ;;
+        esac
+    fi
+done
+exit $failed
+"""
+
 _OWN_MEDIA = r"""
 media=$1; shift
 pid=$("$@") && uid=$(stat -c %u "/proc/$pid") || exit 1
@@ -197,12 +215,31 @@ class Containers:
                               label="uploads directory"))
         return steps
 
-    def freed(self, state: HostState, doomed: list[str], kept: list[str]) -> tuple[Cmd, ...]:
-        """Images of the removed releases, unless a kept release uses them (in use: docker refuses)."""
-        in_use = {release_sha(r) for r in kept}
-        images = sorted(f"{self.config.images[service]}:{sha}" for sha in {release_sha(r) for r in doomed} - in_use
-                        for service in self.config.stateless)
-        return (cmd(*sh('docker image rm "$@" >/dev/null 2>&1; true', *images)),) if images else ()
+    def freed(self, state: HostState, doomed: list[str], kept: list[str]) -> Freed:
+        """The stateless images (IMAGE_*:<sha>) of the doomed releases that no kept release and no
+        container uses (the stopped colour's containers are the instant rollback: its images
+        stay). Only those the host has, when it could list them. Never forced: docker refuses to
+        remove what a container uses, and that image is kept."""
+        def refs(releases: list[str]) -> set[str]:
+            return {f"{self.config.images[service]}:{release_sha(r)}" for r in releases
+                    for service in self.config.stateless if service in self.config.images}
+
+        in_use = {familiar(ref) for ref in (*refs(kept), *(container.image for container in state.containers))}
+        present = None if state.images is None else {familiar(ref) for ref in state.images}
+        images = sorted(ref for ref in refs(doomed) if familiar(ref) not in in_use
+                        and (present is None or familiar(ref) in present))
+        return Freed(tuple(("image", image) for image in images),
+                     (cmd(*sh(_REMOVE_IMAGES, *images)),) if images else ())
+
+
+def familiar(ref: str) -> str:
+    """An image reference as docker lists it: Docker Hub's registry and `library/` left out
+    (docker.io/library/redis:7 is redis:7), so IMAGE_* and what docker says compare."""
+    for hub in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+        if ref.startswith(hub):
+            ref = ref[len(hub):]
+            break
+    return ref[len("library/"):] if ref.startswith("library/") and ref.count("/") == 1 else ref
 
 
 def _upload_step(files: tuple[Put, ...]) -> Step:

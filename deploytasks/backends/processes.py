@@ -19,7 +19,7 @@ from ..config import Config
 from ..facts import HostState
 from ..layout import APP_ENV, RELEASE_META, RELEASE_VENV, Layout
 from ..plan import Cmd, Put, Step, cmd, sh
-from ..releases import timestamp
+from ..releases import Freed, timestamp
 from ..source import Source
 from ..tracked import tracked
 
@@ -106,15 +106,16 @@ ls -1d "$backups"/*/ | sort | head -n -"$keep" | xargs -r rm -rf
 echo "backup: $dir"
 """
 
-_UNUSED_VENVS = r"""
-venvs=$1; releases=$2; name=$3
-for venv in "$venvs"/*/; do
-    venv=${venv%/}; [ -d "$venv" ] || continue
+# each listed virtualenv, unless a release links to it by now (a deploy with --fast may have
+# reused one only doomed releases used)
+_REMOVE_VENVS = r"""
+releases=$1; name=$2; shift 2
+for venv do
     used=no
     for link in "$releases"/*/"$name"; do [ "$(readlink "$link")" = "$venv" ] && used=yes; done
-    if [ "$used" = no ]; then rm -rf "$venv"; echo "removed unused virtualenv $(basename "$venv")"; fi
+    if [ "$used" = no ]; then rm -rf "$venv" && echo "removed virtualenv ${venv##*/}"
+    else echo "kept virtualenv ${venv##*/}: a release links to it"; fi
 done
-true
 """
 
 
@@ -313,9 +314,14 @@ class Processes:
                                                  stream=True).bounded(processes.timeout_build, "TIMEOUT_BUILD"),)))
         return steps
 
-    def freed(self, state: HostState, doomed: list[str], kept: list[str]) -> tuple[Cmd, ...]:
-        """Virtualenvs no remaining release links to."""
-        return (unused_venvs(Layout.of(self.config)),)
+    def freed(self, state: HostState, doomed: list[str], kept: list[str]) -> Freed:
+        """The virtualenvs no kept release links to (those of the doomed releases, and any a
+        failed deploy left unlinked)."""
+        layout = Layout.of(self.config)
+        linked = {state.release_venvs.get(release) for release in kept}
+        venvs = [venv for venv in state.venvs if f"{layout.venvs}/{venv}" not in linked]
+        return Freed(tuple(("virtualenv", venv) for venv in venvs),
+                     (remove_venvs(layout, venvs),) if venvs else ())
 
 
 def backup(layout: Layout, name: str, keep: int, shared_paths: tuple[str, ...]) -> Cmd:
@@ -328,5 +334,6 @@ def backup(layout: Layout, name: str, keep: int, shared_paths: tuple[str, ...]) 
                    *map(layout.relative, members), "--", *map(layout.relative, skipped)))
 
 
-def unused_venvs(layout: Layout) -> Cmd:
-    return cmd(*sh(_UNUSED_VENVS, layout.venvs, layout.releases, RELEASE_VENV))
+def remove_venvs(layout: Layout, venvs: list[str]) -> Cmd:
+    """Remove the named virtualenvs of shared/venvs that no release links to when it runs."""
+    return cmd(*sh(_REMOVE_VENVS, layout.releases, RELEASE_VENV, *(f"{layout.venvs}/{venv}" for venv in venvs)))

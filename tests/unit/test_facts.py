@@ -10,7 +10,7 @@ import pytest
 from conftest import REL_NEW, REL_OLD, SHA_NEW, SHA_OLD
 
 from deploytasks import facts, holder, lock, maintenance, nginx, tracked, traffic
-from deploytasks.backends import processes
+from deploytasks.backends import containers, processes
 from deploytasks.layout import Layout, other
 from deploytasks.operations import describe_state
 
@@ -126,15 +126,16 @@ def test_read_command_passes_paths_as_arguments():
         "sh", layout.lock, str(lock.LEASE_BOUND), "info.json", "session", "lease", "running", "ended", "output",
         "takeover", layout.colour_link("blue"), layout.colour_link("green"), layout.live_socket, layout.current,
         layout.maintenance_flag, layout.releases, layout.history, layout.pidfile("blue"), layout.pidfile("green"),
-        layout.in_progress, "", "localhost")
+        layout.in_progress, "", "localhost", layout.venvs, ".venv", "")
+    assert facts.read_command(layout, images=True)[-1] == "yes"
 
 
 SCRIPTS = {
     "facts": facts._SCRIPT, "lock acquire": lock._ACQUIRE, "lock release": lock._RELEASE,
     "lock force release": lock._FORCE_RELEASE, "lock renew": lock._RENEW, "tracked": tracked._TRACK,
-    "backup": processes._BACKUP, "unused venvs": processes._UNUSED_VENVS, "build": processes._BUILD,
+    "backup": processes._BACKUP, "remove venvs": processes._REMOVE_VENVS, "build": processes._BUILD,
     "dependencies": processes._DEPENDENCIES, "stop": processes._STOP, "links": traffic._POINT_LINKS,
-    "nginx install": nginx._INSTALL, "nginx restore": nginx._RESTORE, "lift": maintenance._LIFT_IF_READY,
+    "remove images": containers._REMOVE_IMAGES, "nginx install": nginx._INSTALL, "nginx restore": nginx._RESTORE, "lift": maintenance._LIFT_IF_READY,
 }
 
 

@@ -74,7 +74,7 @@ services:
     ports: ["5000:5000"]
 """
 
-EXPECTED_TASKS = {"deploy", "rollback", "promote", "status", "maintenance-on", "maintenance-off"}
+EXPECTED_TASKS = {"deploy", "rollback", "promote", "status", "maintenance-on", "maintenance-off", "prune"}
 
 
 def repo(base: Path, compose: dict[str, str] | None = None, name: str = "shop", git: bool = True) -> Path:

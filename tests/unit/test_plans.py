@@ -10,6 +10,7 @@ from conftest import container_deploy, container_rollback, REL_NEW, REL_OLD, REP
 
 from deploytasks import config as configuration
 from deploytasks import facts, releases, traffic
+from deploytasks.backends import containers
 from deploytasks.errors import DeployError
 from deploytasks.facts import HostState
 from deploytasks.layout import Layout
@@ -186,7 +187,7 @@ def test_cleanup_step_removes_only_old_releases(local_config):
     assert cleanup.best_effort and cleanup.name == "cleanup (3 old release(s))"
     assert cleanup.actions[0] == cmd("rm", "-rf", *(f"{ROOT}/releases/{r}" for r in old[:3]))
     prune = cleanup.actions[1].argv
-    assert prune[:3] == ("sh", "-c", 'docker image rm "$@" >/dev/null 2>&1; true')
+    assert prune[:4] == ("sh", "-c", containers._REMOVE_IMAGES, "sh")
     assert prune[4:] == tuple(f"127.0.0.1:5000/example/web:{i:07d}" for i in (1, 2, 3)), "their images go too"
 
 
@@ -323,29 +324,6 @@ def test_rollback_starts_the_other_colour_without_recreate_pull_or_migrate(local
 
 def _rel(i: int) -> str:
     return f"202401{i:02d}T000000Z-{i:07x}"
-
-
-def test_to_delete_keeps_the_newest():
-    state = HostState(releases=tuple(_rel(i) for i in range(1, 9)))
-    assert releases.to_delete(state, 5) == [_rel(1), _rel(2), _rel(3)]
-    assert releases.to_delete(state, 8) == []
-
-
-def test_to_delete_counts_the_new_release_and_never_deletes_it():
-    state = HostState(releases=tuple(_rel(i) for i in range(1, 6)))
-    new = _rel(20)
-    doomed = releases.to_delete(state, 3, keep=(new,))
-    assert doomed == [_rel(1), _rel(2), _rel(3)]
-    # even an oddly named new release (sorting first) is kept
-    assert "0000-new" not in releases.to_delete(state, 2, keep=("0000-new",))
-
-
-def test_to_delete_never_removes_what_serves_or_rolls_back():
-    rels = tuple(_rel(i) for i in range(1, 11))
-    state = HostState(colours={"blue": rels[0], "green": rels[1]}, live="blue", current=rels[2], releases=rels)
-    doomed = releases.to_delete(state, 2, keep=(_rel(11),))
-    assert rels[0] not in doomed and rels[1] not in doomed and rels[2] not in doomed
-    assert doomed == list(rels[3:9])  # rels[9] and the new one are the newest 2
 
 
 def test_release_name_and_sha():
@@ -555,3 +533,21 @@ def test_a_fresh_colour_gives_its_socket_directory_to_the_user_its_image_runs_as
 def test_a_relayed_colour_leaves_its_run_directory_alone(local_raw, blue_live_state):
     plan = container_deploy(_local(local_raw, WEB_PORT="8000"), blue_live_state, SHA_NEW, REL_NEW)
     assert not any("chown" in " ".join(a.argv) for a in _step(plan, "start green").actions)
+
+
+def test_cleanup_never_counts_a_failed_release_among_the_good_ones_kept(local_config):
+    """A deploy that died (or failed and could not undo) leaves its release directory; it must not
+    take one of the KEEP_RELEASES places of the releases that served, nor keep its own."""
+    rels = tuple(_rel(i) for i in range(1, 7))  # 1..5 deployed fine; 6, the newest, died half way
+    good = tuple({"time": f"2024-01-{i:02d}T00:00:01Z", "kind": "deploy", "sha": rels[i - 1].rsplit("-", 1)[1],
+                  "release": rels[i - 1], "outcome": "ok"} for i in range(1, 6))
+    died = {"time": "2024-01-06T00:00:01Z", "kind": "deploy", "sha": rels[5].rsplit("-", 1)[1], "outcome": "died"}
+    state = HostState(colours={"blue": rels[4], "green": rels[3]}, live="blue", current=rels[4], releases=rels,
+                      history=(*good, died))
+    config = dataclasses.replace(local_config, keep_releases=3)
+    cleanup = container_deploy(config, state, SHA_NEW, f"20240107T000000Z-{SHA_NEW}").steps[-1]
+    removed = cleanup.actions[0].argv[2:]
+    assert f"{ROOT}/releases/{rels[5]}" in removed, "the dead deploy's release goes"
+    # kept: the new release (live), the one that served before it (the rollback target), and the
+    # newest other release that served (rels[3]): three that served, none that failed
+    assert removed == tuple(f"{ROOT}/releases/{r}" for r in (*rels[:3], rels[5]))

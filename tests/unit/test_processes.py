@@ -422,10 +422,13 @@ def test_deploy_step_details(process_config, first_state):
     assert migrate.actions[0].stream and migrate.outlives_connection
 
     cleanup = plan.steps[-1]
-    assert cleanup.best_effort
-    assert _script(cleanup.actions[-1])[0] == processes._UNUSED_VENVS
-    assert _named(cleanup.actions[-1]) == {"venvs": f"{ROOT}/shared/venvs", "releases": f"{ROOT}/releases",
-                                           "name": ".venv", "rest": ()}
+    assert cleanup.best_effort and cleanup.actions == (), "a first deploy has nothing to clean up"
+    # a virtualenv a failed deploy left, linked by no release, goes with the next cleanup
+    left = dataclasses.replace(first_state, venvs=("h0-20231231T000000Z",))
+    cleanup = process_deploy(process_config, left, CODE, REL_NEW).steps[-1]
+    assert _script(cleanup.actions[-1])[0] == processes._REMOVE_VENVS
+    assert _named(cleanup.actions[-1]) == {"releases": f"{ROOT}/releases", "name": ".venv",
+                                           "rest": (f"{ROOT}/shared/venvs/h0-20231231T000000Z",)}
 
 
 def test_build_reuses_from_the_live_release(process_config, blue_live_state):
@@ -457,11 +460,20 @@ def test_optional_steps(process_config, first_state):
 
 def test_cleanup_removes_old_releases_then_unused_venvs(process_config):
     old = tuple(f"2023010{i}T000000Z-{i:07d}" for i in range(1, 7))
-    state = HostState(colours={"blue": old[-1], "green": old[-2]}, live="blue", current=old[-1], releases=old)
+    venv = {r: f"h{i % 3}-{r.split('-')[0]}" for i, r in enumerate(old)}  # old[0] and old[3] share h0
+    venv[old[3]] = venv[old[0]]
+    state = HostState(colours={"blue": old[-1], "green": old[-2]}, live="blue", current=old[-1], releases=old,
+                      venvs=tuple(sorted({*venv.values(), "h9-orphan"})),
+                      release_venvs={r: f"{ROOT}/shared/venvs/{v}" for r, v in venv.items()})
     cleanup = process_deploy(process_config, state, CODE, REL_NEW).steps[-1]
-    assert cleanup.name == "cleanup (4 old release(s))" and cleanup.best_effort  # KEEP_RELEASES=3
+    # KEEP_RELEASES=3: the new release, old[-1] (the previous: blue keeps it), old[-2]; green, which
+    # held old[-2], runs the new release after the switch
+    assert cleanup.name == "cleanup (4 old release(s))" and cleanup.best_effort
     assert cleanup.actions[0] == cmd("rm", "-rf", *(f"{ROOT}/releases/{r}" for r in old[:4]))
-    assert _script(cleanup.actions[1])[0] == processes._UNUSED_VENVS
+    remove = _named(cleanup.actions[1])
+    assert _script(cleanup.actions[1])[0] == processes._REMOVE_VENVS
+    gone = sorted({venv[r] for r in old[:4]} - {venv[r] for r in old[4:]} | {"h9-orphan"})
+    assert remove["rest"] == tuple(f"{ROOT}/shared/venvs/{v}" for v in gone)
 
 
 def _start(plan: Plan, colour: str) -> Step:
@@ -568,7 +580,7 @@ def test_rollback_starts_the_other_colour_from_its_release(process_config, green
     assert (f"../releases/{REL_OLD}", f"{ROOT}/state/blue") in links(switch.actions)
     assert _named(_step(plan, "drain green").actions[-1])["pidfile"] == f"{ROOT}/run/green/gunicorn.pid"
     every = "\n".join(" ".join(argv) for argv in _argvs(plan))
-    for absent in (processes._DEPENDENCIES, processes._BUILD, "migrate", processes._BACKUP, processes._UNUSED_VENVS):
+    for absent in (processes._DEPENDENCIES, processes._BUILD, "migrate", processes._BACKUP, processes._REMOVE_VENVS):
         assert absent not in every
     assert not any(argv[0] in ("tar", "pip") for argv in _argvs(plan))
     puts = [a.path for s in plan.steps for a in s.actions if isinstance(a, Put)]
@@ -985,7 +997,7 @@ def test_backup_that_cannot_be_written_fails_the_step(tmp_path):
 
 
 @linux_sh
-def test_unused_venvs_are_removed_used_ones_kept(tmp_path):
+def test_remove_venvs_removes_the_listed_ones_no_release_links(tmp_path):
     root = tmp_path / "srv"
     venvs = root / "shared" / "venvs"
     for name in ("h1-S1", "h1-S2", "h2-S3", "h3-S4"):
@@ -994,15 +1006,19 @@ def test_unused_venvs_are_removed_used_ones_kept(tmp_path):
         (root / "releases" / release).mkdir(parents=True)
         os.symlink(str(venvs / venv), root / "releases" / release / ".venv")
     (root / "releases" / "r4").mkdir()  # no venv at all
-    out = _run(processes.unused_venvs(Layout(str(root), "web")).argv, env={"PATH": "/usr/bin:/bin"})
+    layout = Layout(str(root), "web")
+    # h1-S2 was listed (only doomed releases used it) but a release links to it by now (--fast reused it);
+    # h2-S3 is not listed: it stays
+    out = _run(processes.remove_venvs(layout, ["h1-S1", "h1-S2", "h9-gone"]).argv, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
-    assert sorted(p.name for p in venvs.iterdir()) == ["h1-S2", "h3-S4"]
-    assert sorted(out.stdout.splitlines()) == ["removed unused virtualenv h1-S1", "removed unused virtualenv h2-S3"]
+    assert sorted(p.name for p in venvs.iterdir()) == ["h1-S2", "h2-S3", "h3-S4"]
+    assert out.stdout.splitlines() == ["removed virtualenv h1-S1", "kept virtualenv h1-S2: a release links to it",
+                                       "removed virtualenv h9-gone"]
 
 
 @linux_sh
-def test_unused_venvs_on_an_empty_host(tmp_path):
-    out = _run(processes.unused_venvs(Layout(str(tmp_path / "srv"), "web")).argv, env={"PATH": "/usr/bin:/bin"})
+def test_remove_venvs_on_an_empty_host(tmp_path):
+    out = _run(processes.remove_venvs(Layout(str(tmp_path / "srv"), "web"), []).argv, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0 and out.stdout == ""
 
 
@@ -1043,6 +1059,8 @@ def test_four_deploys_run_locally_with_fast_reuse_and_cleanup(tmp_path, process_
         nginx_site_dir=str(tmp_path / "conf.d"), app_env={"BUILD_LOG": str(log), **HOSTILE},
         static_url="/static/", static_path="static", media_url="/media/", media_path="media")
     env = {"PATH": "/usr/bin:/bin", "FAKE_LOG": str(python_log)}
+    _executable(tmp_path / "bin" / "docker", "#!/bin/sh\nexit 0\n")  # never the machine's docker
+    facts_env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
     state = HostState()
     names = []
 
@@ -1055,7 +1073,10 @@ def test_four_deploys_run_locally_with_fast_reuse_and_cleanup(tmp_path, process_
         out = _run_steps(plan, steps, env)
         names.append(name)
         colours = dict(state.colours, **{colour: name})
-        state = HostState(colours=colours, live=colour, current=name, releases=tuple(sorted(names)))
+        seen = facts.parse(_run(facts.read_command(Layout(str(root), "web")), env=facts_env).stdout)  # the venvs
+        on_host = [n for n in names if (root / "releases" / n).is_dir()]
+        state = HostState(colours=colours, live=colour, current=name, releases=tuple(sorted(on_host)),
+                          venvs=seen.venvs, release_venvs=seen.release_venvs)
         return plan, root / "releases" / name, out
 
     _, r1, out = deploy("v1", fast=False, hour=0, steps=(*LOCAL_STEPS, "start blue"))
@@ -1093,12 +1114,13 @@ def test_four_deploys_run_locally_with_fast_reuse_and_cleanup(tmp_path, process_
     plan, r4, out = deploy("requirements", fast=True, hour=3, steps=(*LOCAL_STEPS, "cleanup"))
     assert "dependencies: installed" in out and "build: ran" in out  # new requirements; assets changed since r2
     assert len(python_log.read_text().splitlines()) == 3
-    # cleanup: r1 (neither colour, not current, not among the newest 2) goes, and so does its venv
-    assert plan.steps[-1].name == "cleanup (1 old release(s))"
-    assert not r1.exists() and r2.exists() and r3.exists() and r4.exists()
+    # cleanup: r1 and r2 go (KEEP_RELEASES=2: r4, live, and r3, the previous; r2's colour now runs r4),
+    # and so does r1's venv; r2's stays, r3 links it (--fast reused it)
+    assert plan.steps[-1].name == "cleanup (2 old release(s))"
+    assert not r1.exists() and not r2.exists() and r3.exists() and r4.exists()
     venvs = sorted(p.name for p in (root / "shared" / "venvs").iterdir())
-    assert venvs == sorted({os.path.basename(os.readlink(r / ".venv")) for r in (r2, r3, r4)})
-    assert len(venvs) == 2 and "removed unused virtualenv" in out
+    assert venvs == sorted({os.path.basename(os.readlink(r / ".venv")) for r in (r3, r4)})
+    assert len(venvs) == 2 and "removed virtualenv" in out
     backups = sorted(p.name for p in (root / ".backups").iterdir())
     assert backups == ["20240101T020000Z", "20240101T030000Z"], "KEEP_RELEASES=2 backups kept"
 
