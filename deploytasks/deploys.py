@@ -30,6 +30,8 @@ def deploy(config: Config, state: HostState, backend: Backend, sha: str, release
     # DEPLOY_PATH or WEB_SERVICE) would answer 502 from the reload until the switch: install it after.
     # A relayed app's readiness gate goes through the site's relay sockets: it needs the site first.
     site_after_switch = (not live or state.live_elsewhere) and not window and not config.relayed
+    # the probe measures a switch between versions, through a site that is already there
+    probing = probing and bool(live) and not site_after_switch and not window
     steps = [prepare_step(layout, release), *backend.stage(state, new), *([] if site_after_switch else [site])]
     migration = [new.migrate()] if migrate and config.migrate_command else []
     if window:
@@ -50,7 +52,7 @@ def deploy(config: Config, state: HostState, backend: Backend, sha: str, release
     steps.append(releases.cleanup(config, state, backend, new.colour, release))
     return Plan(kind, sha, tuple(steps), {"colour": new.colour, "release": release,
                                           "previous": release_sha(state.release_of(live)), "window": window,
-                                          "probe_interval": None if window else probe.interval(config, probing)})
+                                          "probe_interval": probe.interval(config, probing)})
 
 
 def rollback(config: Config, state: HostState, backend: Backend, *, probing: bool = True) -> Plan:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import lock, shas
+from . import lock, probe, shas
 from .layout import Layout
 from .plan import sh
 
@@ -48,11 +48,8 @@ def format_line(record: dict) -> str:
     line = (f"{record.get('time', '?'):20} {record.get('kind', '?'):9} {str(record.get('sha', '?'))[:12]:12} "
             f"{record.get('colour') or '-':5} {record.get('outcome', '?'):8} {record.get('duration_s', '?')}s "
             f"{record.get('user', '')}")
-    probe = record.get("probe")
-    if probe:  # what the deploy's own probe saw through nginx (probe.py)
-        line += (f"\n      probe: {probe.get('failed')} failed of {probe.get('requests')}, longest gap "
-                 f"{probe.get('gap_ms')} ms" + (f", {probe['regressions']} old after new" if probe.get("regressions")
-                                                else ""))
+    if record.get("probe"):  # what the deploy's own probe saw through nginx
+        line += "\n      probe: " + probe.describe(record["probe"]).split(": ", 1)[1].replace("\n", "\n      ")
     if record.get("outcome") == "died":  # written by the deploy that found it (progress.obituary)
         line += f"\n      {record.get('reason', 'no reason recorded')}"
     elif record.get("outcome", "ok") != "ok":

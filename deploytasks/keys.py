@@ -291,10 +291,12 @@ KEYS: tuple[Key, ...] = (
         "a directory the main config includes; the site is written as `<app>.conf`"),
     Key("NGINX_LISTEN", "80", PORT,
         "port the site listens on"),
-    Key("NGINX_ACCESS_LOG", "/var/log/nginx/access.log", Match(re.compile(r"^(off|/\S+)$"), "`off` or a path"),
-        "the site's access log: the site also logs its 5xx answers apart (for the watch after the switch), and an "
-        "nginx server with any access_log of its own no longer inherits the http level's, so the site sets this "
-        "one again (Debian's and Ubuntu's default path); `off`: none"),
+    Key("NGINX_ACCESS_LOG", "/var/log/nginx/access.log",
+        Match(re.compile(r"^(off|/[A-Za-z0-9_./-]+( [A-Za-z0-9_]+)?)$"), "`off`, or a path and an optional log_format"),
+        "the site's access log, as nginx's `access_log` takes it (a path, then a `log_format` name if not "
+        "`combined`): the site also logs its app's 5xx answers apart, to `/var/log/nginx/<app>-5xx.log` (for the "
+        "watch after the switch), and an nginx server with an access_log of its own no longer inherits the http "
+        "level's, so the site sets this one again (Debian's and Ubuntu's default path); `off`: none"),
     Key("SERVER_NAME", "_", Match(SERVER_NAMES_RE, "nginx server names"),
         "nginx `server_name` (space-separated names)"),
     Key("HEALTH_PATH", "/healthz", URL_PATH,

@@ -55,16 +55,19 @@ def _placeholders(config: Config) -> dict[str, object]:
     }
 
 
+ERRORS_LOG_DIR = "/var/log/nginx"  # the distributions' logrotate rotates *.log there
+
+
 def errors_log(config: Config) -> str:
     """The 5xx answers of the app (not nginx's maintenance page: it has no upstream), one line
     each, which a deploy's watch reads (MONITOR_SECONDS)."""
-    return f"{Layout.of(config).run}/nginx-5xx.log"
+    return f"{ERRORS_LOG_DIR}/{config.app_name}-5xx.log"
 
 
 def log_formats(config: Config) -> str:
     var = _variable_prefix(config)
     return (f'map "$status $upstream_addr" ${var}_app_error {{\n    "~^5[0-9][0-9] ." 1;\n    default 0;\n}}\n'
-            f"log_format {var}_errors '$msec $status $request_method $uri';")
+            f"log_format {var}_errors '$msec $request_time $status $request_method $uri';")
 
 
 def logs(config: Config) -> str:
@@ -258,7 +261,7 @@ def install_step(config: Config, rendered_path: str) -> Step:
     return Step(
         phases.NGINX,
         (
-            cmd("mkdir", "-p", layout.site_additions, layout.run, *relay_dirs),  # run/: the 5xx log's
+            cmd("mkdir", "-p", layout.site_additions, ERRORS_LOG_DIR, *relay_dirs),  # where the 5xx log goes
             *([cmd(*sh(_STALE_RELAYS, *sockets)), cmd(*sh(_BOOT_CLEANUP, dropin, *sockets))] if sockets else []),
             Put(rendered_path, site(config).encode()),
             cmd(*install_argv(rendered_path, layout.site, layout.previous_site, config.nginx_conf)),

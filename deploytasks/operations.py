@@ -429,14 +429,20 @@ class Crew:
         started = [phase for phase, _ in self.member.run.outcome.steps] + list(getattr(failure, "completed", None) or [])
         if not interval or phases.PROBE not in started:
             return None
-        try:
-            lines = self.remote.run(probe.collect_argv(layout)).stdout
-        except DeployError as error:
-            self.remote.console(f"! the probe's requests could not be read: {str(error).splitlines()[0]}")
-            return None
+        for attempt in (1, 2):  # on a fresh connection if the plan's broke, as the history line
+            try:
+                lines = self.remote.run(probe.collect_argv(layout)).stdout
+                break
+            except DeployError as error:
+                if attempt == 2 or not isinstance(error, TransportError) or not self.remote.reconnect():
+                    self.remote.console(f"! the probe's requests could not be read: {str(error).splitlines()[0]}")
+                    return None
         figures = probe.summarize(lines, self.plan.sha, interval)
         if figures:
-            self.remote.console(probe.describe(figures, switched_back=self.now != self.plan.sha))
+            switched = phases.SWITCH in started
+            back = switched and self.member.outcome in (rollout.ROLLED_BACK, rollout.UNDONE) or \
+                switched and failure is not None and getattr(failure, "undone", False)
+            self.remote.console(probe.describe(figures, switched_back=back))
         return figures
 
 

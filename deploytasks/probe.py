@@ -19,40 +19,38 @@ LIMIT_SECONDS = 3600  # a probe nobody stopped (its deploy was killed) ends by i
 SHOWN_FAILURES = 5
 
 _RUN = r"""
-out=$1; stop=$2; step=$3; limit=$4; shift 4   # step: microseconds from one request to the next
-body=$out.body; end=$((EPOCHSECONDS + limit))
-while [ ! -e "$stop" ] && [ "$EPOCHSECONDS" -lt "$end" ]; do
+dir=$1; step=$2; limit=$3; shift 3   # step: microseconds from one request to the next
+# ends when its directory goes (the next probe's start, or the app's removal) or its stop file
+# appears; pauses on a fifo nobody writes, so a request costs one curl and nothing more
+mkfifo "$dir/tick" && exec 4<>"$dir/tick" || exit 1
+end=$((EPOCHSECONDS + limit))
+while [ -d "$dir" ] && [ ! -e "$dir/stop" ] && [ "$EPOCHSECONDS" -lt "$end" ]; do
     t=${EPOCHREALTIME/,/.}
-    w=$("$@" -s -o "$body" -w '%{http_code} %{time_total}' 2>/dev/null)
-    v=""; [ -s "$body" ] && read -r -n 64 v < "$body"
-    printf '%s %s %s\n' "$t" "${w:-000 0}" "$v" >> "$out"
+    w=$("$@" -s -o "$dir/body" -w '%{http_code} %{time_total}' 2>/dev/null)
+    v=""; [ -s "$dir/body" ] && read -r -n 64 v < "$dir/body"
+    printf '%s %s %s\n' "$t" "${w:-000 0}" "$v" >> "$dir/lines" 2>/dev/null
     now=${EPOCHREALTIME/,/.}; rest=$(( ${t/./} + step - ${now/./} ))
-    if [ "$rest" -gt 0 ]; then printf -v pause '%d.%06d' $((rest / 1000000)) $((rest % 1000000)); sleep "$pause"; fi
+    if [ "$rest" -gt 0 ]; then printf -v pause '%d.%06d' $((rest / 1000000)) $((rest % 1000000)); read -r -t "$pause" -u 4; fi
 done
-rm -f "$body"
+[ -d "$dir" ] && : > "$dir/done"
 """
 
-# an earlier probe of this app (a deploy killed before it could stop it) ends first
+# a probe a killed deploy left ends once its directory is gone; this one's is named for the shell
+# that starts it, and `current` points at it
 _START = r"""
-dir=$1; shift
-if [ -f "$dir/pid" ]; then kill "$(cat "$dir/pid")" 2>/dev/null; fi
-rm -rf "$dir" && mkdir -p "$dir" || exit 1
-command -v bash >/dev/null || { echo "probe: no bash on this host: not measured"; exit 0; }
-setsid "$@" </dev/null >/dev/null 2>&1 &
-echo $! > "$dir/pid"
+base=$1; script=$2; step=$3; limit=$4; shift 4   # "$@": the request
+rm -rf "$base" && mkdir -p "$base/$$" && ln -s "$$" "$base/current" || exit 1
+command -v bash >/dev/null && command -v setsid >/dev/null || { echo "probe: no bash or setsid on this host: not measured"; exit 0; }
+setsid bash -c "$script" probe "$base/$$" "$step" "$limit" "$@" </dev/null >/dev/null 2>&1 &
 """
 
 _COLLECT = r"""
-dir=$1
-[ -f "$dir/pid" ] || exit 0
-touch "$dir/stop"
-pid=$(cat "$dir/pid"); i=0
-# (a zombie is done: its parent, init, may reap it late)
-alive() { kill -0 "$1" 2>/dev/null && ! grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"; }
-while alive "$pid" && [ $i -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
-kill "$pid" 2>/dev/null
+base=$1; dir=$base/$(readlink "$base/current" 2>/dev/null)
+[ -d "$dir" ] || exit 0
+: > "$dir/stop"
+i=0; while [ ! -e "$dir/done" ] && [ $i -lt 70 ]; do sleep 0.1; i=$((i + 1)); done  # a request in flight: 5 s at most
 cat "$dir/lines" 2>/dev/null
-rm -rf "$dir"
+rm -rf "$base"
 """
 
 
@@ -76,10 +74,9 @@ def start_step(config: Config, enabled: bool = True) -> list[Step]:
         return []
     folder = directory(Layout.of(config))
     request = nginx.probe(config, path(config))
-    run = ("bash", "-c", _RUN, "probe", f"{folder}/lines", f"{folder}/stop", str(round(1e6 / config.probe_rate)),
-           str(LIMIT_SECONDS), *request)
-    return [Step(phases.PROBE, (cmd("sh", "-c", _START, "sh", folder, *run),), best_effort=True,
-                 label=f"probe {config.probe_rate:g}/s through nginx")]
+    start = cmd("sh", "-c", _START, "sh", folder, _RUN, str(round(1e6 / config.probe_rate)), str(LIMIT_SECONDS),
+                *request, stream=True)  # stream: "not measured" is shown
+    return [Step(phases.PROBE, (start,), best_effort=True, label=f"probe {config.probe_rate:g}/s through nginx")]
 
 
 def collect_argv(layout: Layout) -> tuple[str, ...]:

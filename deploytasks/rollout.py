@@ -85,7 +85,7 @@ def roll(members: Sequence[Member], order: list[list[str]], *, batch_wait: float
         # has one), then every new colour starts: as on one host, none boots before its schema
         for stage, migrates_only in ((lambda m: m.run.before(phases.MIGRATE, phases.START), False),
                                      (lambda m: m.run.through(phases.MIGRATE), True),
-                                     (lambda m: m.run.before(phases.SWITCH), False)):
+                                     (lambda m: m.run.before(phases.PROBE, phases.SWITCH), False)):
             who = [m for m in members if not migrates_only or m.run.next_phase == phases.MIGRATE]
             failed = _parallel(who, stage)
             if failed:

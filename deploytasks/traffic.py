@@ -130,27 +130,48 @@ def verify(config: Config, sha: str, colour: str) -> Step:
 
 
 _WATCH = r"""
-seconds=$1; interval=$2; live=$3; log=$4; sha=$5; host=$6; base=$7; ready=$8; version=$9; watch_ms=${10}
+watch_ms=$1; interval=$2; live=$3; log=$4; sha=$5; host=$6; base=$7; ready=$8; version=$9; seconds=${10}
 fail() { echo "watch: $*: switching back"; exit 1; }
-# the switch renamed the live link: the new colour's answers are the ones logged since
-since=$(find "$live" -maxdepth 0 -printf '%T@' 2>/dev/null || date +%s)
-[ -f "$log" ] && [ "$(stat -c %s "$log")" -gt 10485760 ] && : > "$log"
-ms() { date +%s%3N; }
-end=$(( $(ms) + watch_ms ))
+ms() { local t=${EPOCHREALTIME/[.,]/}; now=$((t / 1000)); }
+# the switch renamed the live link: the requests that began after it reached the new colour
+since=$(find "$live" -maxdepth 0 -printf '%T@' 2>/dev/null); since=${since:-$EPOCHSECONDS.0}
+f=${since#*.}000; since_ms=$(( ${since%%.*} * 1000 + 10#${f:0:3} ))
+# nginx's lines for the app's 5xx ($msec $request_time ...): the last ones before this watch, then
+# each as it is written; and a fifo nobody writes to pause on. One curl per round, nothing else.
+exec 3< <(exec tail -n 100 -F -s 0.2 "$log" 2>/dev/null)
+tail_pid=$!; trap 'kill "$tail_pid" 2>/dev/null' EXIT
+fifo=$(mktemp -u) && mkfifo "$fifo" && exec 4<>"$fifo" && rm -f "$fifo" || exit 1
+urls=("$base$ready"); [ -n "$version" ] && urls+=("$base$version")
+ms; end=$((now + watch_ms))
 while :; do
-    if [ -f "$log" ]; then
-        errors=$(awk -v since="$since" '$1 >= since { n++; if (n <= 3) s = s " " $2 " " $3 " " $4 ";" } END { if (n) print n ":" s }' "$log")
-        [ -z "$errors" ] || fail "nginx logged ${errors%%:*} 5xx answer(s) of the new version (${errors#*: })"
-    fi
-    out=$(curl -fsS --max-time 5 -H "Host: $host" "$base$ready" 2>&1) || fail "GET $ready (READY_PATH) through nginx: $out"
-    if [ -n "$version" ]; then
-        out=$(curl -fsS --max-time 5 -H "Host: $host" "$base$version" 2>&1) || fail "GET $version (VERSION_PATH) through nginx: $out"
-        out=$(printf '%s' "$out" | head -c 64 | tr -d '[:space:]')
-        case "$sha" in "$out"*) [ -n "$out" ] ;; *) case "$out" in "$sha"*) ;; *) false ;; esac ;; esac \
-            || fail "GET $version (VERSION_PATH) through nginx answered $out, not $sha"
-    fi
-    [ "$(ms)" -lt "$end" ] || break
-    sleep "$interval"
+    n=0; seen=""
+    while read -r -t 0.02 -u 3 at took status method uri; do
+        [[ $at == *.* && $took == *.* ]] || continue
+        (( ${at/./} - 10#${took/./} >= since_ms )) || continue
+        n=$((n + 1)); [ "$n" -le 3 ] && seen="$seen$status $method $uri; "
+    done
+    [ "$n" -eq 0 ] || fail "nginx logged $n 5xx answer(s) of the new version (${seen%; })"
+    mapfile -t got < <(curl -sS --max-time 5 -H "Host: $host" -w '\n@@%{http_code}\n' "${urls[@]}" 2>&1)
+    i=0; body=""
+    for line in "${got[@]}"; do
+        if [[ $line == @@* ]]; then
+            code=${line#@@}; path=${urls[i]#"$base"}
+            if [ "$i" -eq 0 ]; then
+                [[ $code == 2* ]] || fail "GET $path (READY_PATH) through nginx: HTTP $code ${body:0:200}"
+            else
+                [[ $code == 2* ]] || fail "GET $path (VERSION_PATH) through nginx: HTTP $code ${body:0:200}"
+                answer=${body%%[[:space:]]*}
+                [ "${#answer}" -ge 7 ] && { [[ $sha == "$answer"* ]] || [[ $answer == "$sha"* ]]; } \
+                    || fail "GET $path (VERSION_PATH) through nginx answered ${answer:0:64}, not $sha"
+            fi
+            i=$((i + 1)); body=""
+        elif [ -z "$body" ]; then
+            body=$line
+        fi
+    done
+    [ "$i" -eq "${#urls[@]}" ] || fail "no answer through nginx at $base: ${got[*]:0:3}"
+    ms; [ "$now" -lt "$end" ] || break
+    read -r -t "$interval" -u 4
 done
 echo "watch: the new version passed every check for ${seconds}s"
 """
@@ -165,10 +186,10 @@ def monitor(config: Config, sha: str) -> list[Step]:
     if config.monitor_seconds <= 0:
         return []
     layout = Layout.of(config)
-    watch = cmd(*sh(_WATCH, f"{config.monitor_seconds:g}", f"{min(config.health_interval, WATCH_INTERVAL):g}",
-                    layout.live_socket, nginx.errors_log(config), sha, nginx.probe_host(config),
-                    f"http://127.0.0.1:{config.nginx_listen}", config.ready_path, config.version_path,
-                    str(round(config.monitor_seconds * 1000))),
+    watch = cmd("bash", "-c", _WATCH, "watch", str(round(config.monitor_seconds * 1000)),
+                f"{min(config.health_interval, WATCH_INTERVAL):g}", layout.live_socket, nginx.errors_log(config), sha,
+                nginx.probe_host(config), f"http://127.0.0.1:{config.nginx_listen}", config.ready_path,
+                config.version_path, f"{config.monitor_seconds:g}",
                 stream=True).bounded(config.monitor_seconds + 30, "MONITOR_SECONDS")
     return [Step(phases.MONITOR, (watch,), label=f"watch {config.monitor_seconds:g}s")]
 

@@ -68,7 +68,8 @@ DOCKERD = "/usr/sbin/dockerd"
 HOST_MARKER = "/run/dt-fleet-host"  # inside a host: its name, written when its mounts were made
 
 # path inside a host -> its directory under FLEET_DIR/h{i}
-BINDS = {"/srv": "srv", "/var/lib/docker": "docker", str(NGINX_CONF.parent): "nginx", "/tmp": "tmp"}
+BINDS = {"/srv": "srv", "/var/lib/docker": "docker", str(NGINX_CONF.parent): "nginx", "/tmp": "tmp",
+         "/var/log/nginx": "log"}  # log: the sites' 5xx logs (nginx.errors_log), one per host
 
 
 @dataclass(frozen=True)

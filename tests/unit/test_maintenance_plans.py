@@ -337,9 +337,13 @@ def served(tmp_path_factory):
     port = _free_port()
     config = dataclasses.replace(local_config, deploy_path=str(tmp_path / "srv"), nginx_listen=port,
                                  server_name="shop.example.com")
-    config, site = _site_with_page(config, tmp_path, HOSTILE_PAGE)
+    (tmp_path / "log").mkdir()
+    saved, nginx.ERRORS_LOG_DIR = nginx.ERRORS_LOG_DIR, str(tmp_path / "log")  # not this machine's /var/log
+    try:
+        config, site = _site_with_page(config, tmp_path, HOSTILE_PAGE)
+    finally:
+        nginx.ERRORS_LOG_DIR = saved
     (tmp_path / "srv" / "state").mkdir(parents=True)
-    (tmp_path / "srv" / "run").mkdir()  # the deploy's nginx step makes it: the site's 5xx log is there
     (tmp_path / "srv" / "state" / "maintenance").touch()
     (tmp_path / "site.conf").write_text(site)
     temp = "".join(f"    {kind}_temp_path {tmp_path}/temp-{kind};\n"

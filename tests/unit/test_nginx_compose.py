@@ -223,7 +223,7 @@ def test_config_reports_what_an_own_template_lacks(tmp_path):
 def test_install_step_validates_before_reload(local_config):
     step = nginx.install_step(local_config, "/srv/example/releases/r1/nginx/site.conf")
     mkdir, rendered, install = step.actions
-    assert mkdir.argv == ("mkdir", "-p", "/srv/example/nginx/site.d", "/srv/example/run")
+    assert mkdir.argv == ("mkdir", "-p", "/srv/example/nginx/site.d", "/var/log/nginx")
     assert step.undo[0].argv[3:] == ("sh", "/var/lib/deploytasks-testbed/nginx/conf.d/example.conf",
                                      "/var/lib/deploytasks-testbed/nginx/conf.d/.example.conf.previous",
                                      "/var/lib/deploytasks-testbed/nginx/nginx.conf")

@@ -60,10 +60,10 @@ def test_first_deploy_starts_blue_without_drain(local_config, first_state):
     plan = container_deploy(local_config, first_state, SHA_NEW, REL_NEW)
     assert plan.kind == "deploy" and plan.sha == SHA_NEW
     assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None, "window": False,
-                            "probe_interval": 0.1}
+                            "probe_interval": None}, "a first deploy has no switch between versions to probe"
     # nothing to route to before the switch: the site is installed right after it (no 502 window)
     assert _names(plan) == ["prepare", "upload release", "pull images", "networks", "stateful services",
-                            "migrate", "start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "nginx site", "check through nginx",
+                            "migrate", "start blue", "ready: blue", "switch to blue", "nginx site", "check through nginx",
                             "cleanup (0 old release(s))"]
     assert not any(s.name.startswith("drain") for s in plan.steps)
     switch = _step(plan, "switch to blue")
@@ -439,7 +439,7 @@ def test_a_first_deploy_and_a_window_deploy_copy_the_static_files_before_their_s
                                                                                        blue_live_state):
     config = _local(local_raw, **STATIC)
     names = _names(container_deploy(config, first_state, SHA_NEW, REL_NEW))
-    assert names.index("ready: blue") + 1 == names.index("static files") == names.index("switch to blue") - 2
+    assert names.index("ready: blue") + 1 == names.index("static files") == names.index("switch to blue") - 1
     names = _names(container_deploy(config, blue_live_state, SHA_NEW, REL_NEW, window=True))
     assert "probe 10/s through nginx" not in names, "a window deploy reports its window, not a probe"
     assert names.index("ready: green") + 1 == names.index("static files") == names.index("switch to green") - 1

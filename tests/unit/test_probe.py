@@ -75,7 +75,7 @@ class _App(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def site(tmp_path, local_config):
+def site(tmp_path, local_config, monkeypatch):
     """An HTTP server where the host's nginx would be, and a config whose deploy path is tmp_path."""
     handler = type("App", (_App,), {})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -83,6 +83,8 @@ def site(tmp_path, local_config):
     config = dataclasses.replace(local_config, deploy_path=str(tmp_path), nginx_listen=server.server_address[1],
                                  probe_rate=20.0)
     (tmp_path / "run").mkdir()
+    (tmp_path / "log").mkdir()
+    monkeypatch.setattr(nginx, "ERRORS_LOG_DIR", str(tmp_path / "log"))
     yield config, handler, server
     server.shutdown()
 
@@ -111,17 +113,34 @@ def test_the_probe_runs_in_the_background_and_reports_what_it_saw(site):
     assert _run(probe.collect_argv(Layout.of(config))).stdout == "", "nothing left to read"
 
 
-def test_a_second_probe_stops_the_one_a_killed_deploy_left(site):
+def _probes_of(folder: Path) -> list[int]:
+    """The live (not zombie) processes whose command line names a probe directory under `folder`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(folder) in (proc / "cmdline").read_bytes().decode(errors="replace") \
+                    and "\nState:\tZ" not in (proc / "status").read_text():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_second_probe_ends_the_one_a_killed_deploy_left(site):
     config, app, server = site
     (step,) = probe.start_step(config)
-    _run(step.actions[0].argv)
     folder = Path(probe.directory(Layout.of(config)))
-    first = int((folder / "pid").read_text())
     _run(step.actions[0].argv)
+    first = folder / (folder / "current").readlink()
+    time.sleep(0.3)
+    assert len(_probes_of(first)) == 1
+    _run(step.actions[0].argv)  # the next deploy's, with nobody having stopped the first
+    time.sleep(0.5)
+    assert not first.exists() and _probes_of(first) == [], "its directory gone, it ended by itself"
+    assert len(_probes_of(folder)) == 1
+    assert probe.summarize(_run(probe.collect_argv(Layout.of(config))).stdout, NEW, 0.05)["requests"] >= 3
     time.sleep(0.2)
-    status = Path(f"/proc/{first}/status")
-    assert not status.exists() or "\nState:\tZ" in status.read_text(), "the first probe was stopped"
-    _run(probe.collect_argv(Layout.of(config)))
+    assert _probes_of(folder) == [] and not folder.exists()
 
 
 def _watch(config, sha=NEW) -> subprocess.CompletedProcess:
@@ -144,18 +163,20 @@ def test_the_watch_fails_on_5xx_logged_since_the_switch_and_not_before(site):
     config, app, server = site
     config = dataclasses.replace(config, monitor_seconds=2.0)
     log = Path(nginx.errors_log(config))
-    log.write_text(f"{time.time() - 60:.3f} 500 GET /before-the-switch\n")
+    log.write_text(f"{time.time() - 60:.3f} 0.002 500 GET /before-the-switch\n")
     Path(Layout.of(config).live_socket).symlink_to("blue/web.sock")
     time.sleep(0.05)
     assert _watch(dataclasses.replace(config, monitor_seconds=0.5)).returncode == 0, "older 5xx are the old colour's"
     Path(Layout.of(config).live_socket).unlink()
     Path(Layout.of(config).live_socket).symlink_to("green/web.sock")  # the switch
     time.sleep(0.05)
-    threading.Timer(0.4, lambda: log.open("a").write(f"{time.time():.3f} 502 POST /orders\n")).start()
+    # a long request the old colour took before the switch, ending in a 504 now: not the new version's
+    log.open("a").write(f"{time.time():.3f} 5.000 504 GET /export\n")
+    threading.Timer(0.4, lambda: log.open("a").write(f"{time.time():.3f} 0.010 502 POST /orders\n")).start()
     started = time.monotonic()
     result = _watch(config)
     assert result.returncode == 1 and time.monotonic() - started < 1.8, "caught within a poll or two"
-    assert "nginx logged 1 5xx answer(s) of the new version (502 POST /orders;): switching back" in result.stdout
+    assert "nginx logged 1 5xx answer(s) of the new version (502 POST /orders): switching back" in result.stdout
 
 
 def test_the_watch_fails_when_another_version_answers(site):

@@ -343,9 +343,9 @@ def test_first_deploy_steps_in_order(process_config, first_state):
     plan = process_deploy(process_config, first_state, CODE, REL_NEW)
     assert plan.kind == "deploy" and plan.sha == SHA_NEW
     assert plan.summary == {"colour": "blue", "release": REL_NEW, "previous": None, "window": False,
-                            "probe_interval": 0.1}
+                            "probe_interval": None}, "a first deploy has no switch between versions to probe"
     assert _names(plan) == ["prepare", "backup", "upload code", "shared links", "dependencies", "build",
-                            "migrate", "start blue", "ready: blue", "probe 10/s through nginx", "switch to blue", "nginx site",
+                            "migrate", "start blue", "ready: blue", "switch to blue", "nginx site",
                             "check through nginx", "cleanup (0 old release(s))"]
     assert not any(name.startswith("drain") for name in _names(plan))
 
@@ -451,7 +451,7 @@ def test_optional_steps(process_config, first_state):
     code = dataclasses.replace(CODE, requirements_hash=None, build_hash=None)
     plan = process_deploy(config, first_state, code, REL_NEW)
     assert _names(plan) == ["prepare", "backup", "upload code", "dependencies", "start blue",
-                            "ready: blue", "probe 10/s through nginx", "switch to blue", "nginx site", "check through nginx", "cleanup (0 old release(s))"]
+                            "ready: blue", "switch to blue", "nginx site", "check through nginx", "cleanup (0 old release(s))"]
     assert _named(_step(plan, "dependencies").actions[0])["hash"] == "none"
     assert _named(_step(plan, "backup").actions[0])["rest"][-1] == "shared/venvs", "no SHARED_PATHS to skip"
     assert "migrate" not in _names(process_deploy(process_config, first_state, CODE, REL_NEW, migrate=False))
