@@ -35,7 +35,7 @@ def test_the_probe_figures_are_in_the_output_the_history_and_status(fresh_host, 
     assert figures["requests"] >= 10, "10 a second from before the switch to the end of the drain"
     assert f"switch: 0 failed of {figures['requests']} requests" in said[0]
     operations.status(target_of(config))
-    assert f"probe: 0 failed of {figures['requests']}, longest gap {figures['gap_ms']} ms" in capsys.readouterr().out
+    assert f"probe: 0 failed of {figures['requests']} requests, longest gap {figures['gap_ms']} ms" in capsys.readouterr().out
     assert not Path(config.deploy_path, "run", "probe").exists(), "the probe was stopped and its lines read"
 
     operations.rollback(target_of(config), probing=False)  # --no-probe
