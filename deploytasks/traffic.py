@@ -144,13 +144,16 @@ fifo=$(mktemp -u) && mkfifo "$fifo" && exec 4<>"$fifo" && rm -f "$fifo" || exit 
 urls=("$base$ready"); [ -n "$version" ] && urls+=("$base$version")
 ms; end=$((now + watch_ms))
 while :; do
-    n=0; seen=""
-    while read -r -t 0.02 -u 3 at took status method uri; do
+    # what has been written so far (a failing version writes on: this round reads at most 1000 lines)
+    n=0; seen=""; lines=0
+    while [ "$lines" -lt 1000 ] && read -r -t 0.02 -u 3 at took status method uri; do
+        lines=$((lines + 1))
         [[ $at == *.* && $took == *.* ]] || continue
         (( ${at/./} - 10#${took/./} >= since_ms )) || continue
-        n=$((n + 1)); [ "$n" -le 3 ] && seen="$seen$status $method $uri; "
+        n=$((n + 1)); seen="$seen$status $method $uri; "
+        [ "$n" -lt 3 ] || break
     done
-    [ "$n" -eq 0 ] || fail "nginx logged $n 5xx answer(s) of the new version (${seen%; })"
+    [ "$n" -eq 0 ] || fail "nginx logged 5xx answers of the new version (${seen%; })"
     mapfile -t got < <(curl -sS --max-time 5 -H "Host: $host" -w '\n@@%{http_code}\n' "${urls[@]}" 2>&1)
     i=0; body=""
     for line in "${got[@]}"; do
