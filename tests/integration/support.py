@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
 from pathlib import Path
 
 import requests
@@ -25,3 +27,16 @@ def serving() -> str:
 
 def sha(name: str) -> str:
     return testbed.example_sha(name)
+
+
+def history(config) -> list[dict]:
+    path = Path(config.deploy_path, "state", "history.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def containers(project: str) -> dict[str, str]:
+    """service -> state of a compose project's containers."""
+    out = subprocess.run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
+                          "--format", '{{.Label "com.docker.compose.service"}} {{.State}}'],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.split() for line in out.splitlines())

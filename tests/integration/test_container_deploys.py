@@ -4,7 +4,6 @@ Each failure must leave the old SHA serving and the shared database untouched.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,24 +19,11 @@ from deploytasks import lock, operations
 from deploytasks.errors import ConfigError, DeployError, LockHeld, StepFailed
 from deploytasks.layout import Layout
 
-from .support import PUBLIC, ROOT, serving, sha, target_of
+from .support import PUBLIC, ROOT, containers, history, serving, sha, target_of
 
 
 def deploy(config, name, **kwargs):
     return operations.deploy(target_of(config), sha(name), **kwargs)
-
-
-def history(config) -> list[dict]:
-    path = Path(config.deploy_path, "state", "history.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def containers(project: str) -> dict[str, str]:
-    """service -> state of a compose project's containers."""
-    out = subprocess.run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
-                          "--format", '{{.Label "com.docker.compose.service"}} {{.State}}'],
-                         capture_output=True, text=True, check=True).stdout
-    return dict(line.split() for line in out.splitlines())
 
 
 def db_started_at() -> str:

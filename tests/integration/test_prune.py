@@ -8,7 +8,6 @@ prune (KEEP_RELEASES=3, then 2) decides alone.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,26 +23,13 @@ from deploytasks.errors import StepFailed
 from deploytasks.layout import Layout
 from harness import testbed
 
-from .support import PUBLIC, ROOT, serving, sha, target_of
+from .support import PUBLIC, ROOT, containers, history, serving, sha, target_of
 
 WEB = "127.0.0.1:5000/example/web"
 
 
 def releases(config) -> list[str]:
     return sorted(os.listdir(Path(config.deploy_path, "releases")))
-
-
-def history(config) -> list[dict]:
-    path = Path(config.deploy_path, "state", "history.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def containers(project: str) -> dict[str, str]:
-    """service -> state of a compose project's containers."""
-    out = subprocess.run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
-                          "--format", '{{.Label "com.docker.compose.service"}} {{.State}}'],
-                         capture_output=True, text=True, check=True).stdout
-    return dict(line.split() for line in out.splitlines())
 
 
 def image_present(ref: str) -> bool:

@@ -2,7 +2,6 @@
 back by the watch while the old colour still runs. Real testbed: sshd, dockerd, nginx."""
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import time
@@ -14,12 +13,7 @@ import requests
 from deploytasks import operations
 from deploytasks.errors import DeployError
 
-from .support import PUBLIC, serving, sha, target_of
-
-
-def history(config) -> list[dict]:
-    path = Path(config.deploy_path, "state", "history.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines()]
+from .support import PUBLIC, history, serving, sha, target_of
 
 
 def test_the_probe_figures_are_in_the_output_the_history_and_status(fresh_host, capsys):

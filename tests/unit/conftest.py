@@ -105,6 +105,19 @@ def links(commands) -> list[tuple[str | None, str]]:
     return pairs
 
 
+class StubLease:
+    """The lock's lease renewal, which needs a live host: nothing, for in-memory hosts."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+
 @pytest.fixture(autouse=True)
 def _clean_process_env(monkeypatch):
     """Tests never depend on the caller's DEPLOY_ENV, registry credentials or proxies."""

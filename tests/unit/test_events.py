@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from conftest import StubLease
 from webhook_receiver import TOKEN, Receiver, closed_port
 
 from deploytasks import events, hooks, lock, locking, operations, registry
@@ -26,17 +27,6 @@ PREPARE = re.compile("mkdir -p /srv/example/releases")
 HISTORY = re.compile(r'>> "\$1".*/history\.jsonl', re.S)  # a history line appended
 MARK = re.compile(r'> "\$1\.tmp".*/state/deploying', re.S)  # the in-progress marker written
 READ_STATE = re.compile(r'tail -n 200 "\$history"')
-
-
-class StubLease:
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import re
 import shlex
 
 import pytest
-from conftest import GOOD_ENV, make_root
+from conftest import GOOD_ENV, StubLease, make_root
 from invoke import Context, Exit
 
 from deploytasks import lock, locking, operations, releases, tasks
@@ -126,17 +126,6 @@ def test_hostile_release_names_reach_rm_as_single_arguments(config):
 
 
 # --- through operations, over an in-memory host ------------------------------------------------------
-
-class StubLease:
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
-
 
 @pytest.fixture
 def memory_host(monkeypatch):

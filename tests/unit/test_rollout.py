@@ -9,6 +9,7 @@ import shlex
 import time
 
 import pytest
+from conftest import StubLease
 
 from deploytasks import lock, locking, operations, progress, registry, rollout
 from deploytasks.errors import ConfigError, DeployError, StepFailed
@@ -51,17 +52,6 @@ def test_a_malformed_batch_wait_is_refused(wait):
 
 
 # --- a deploy to three in-memory hosts -------------------------------------------------------------
-
-class StubLease:
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
-
 
 @pytest.fixture
 def fleet_of(monkeypatch, local_config):
