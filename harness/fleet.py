@@ -844,13 +844,10 @@ def _step_sshd(h: Host) -> str:
         config_file.write_text(config)
         if pid := _our_pid(part, "sshd", h):
             _stop_pid(part, pid)  # started again below with the new config
-    if (pid := _our_pid(part, "sshd", h)) and not testbed.started_as_server(pid):
-        _stop_pid(part, pid)
     if pid := _our_pid(part, "sshd", h):
         return f"already running (pid {pid})"
     _run(h.enter("/usr/sbin/sshd", "-t", "-f", str(config_file)))
-    pid, log = _spawn_anew(part, h.enter(*testbed.as_server(
-        ["/usr/sbin/sshd", "-D", "-f", str(config_file), "-E", str(LOG_DIR / f"{part}.log")])))
+    pid, log = _spawn_anew(part, h.enter("/usr/sbin/sshd", "-D", "-f", str(config_file), "-E", str(LOG_DIR / f"{part}.log")))
     _wait_for(f"{h.name} sshd", lambda: _port_open(h.address, 22), 20, pid, log)
     return f"started (pid {pid}, {h.address}:22)"
 

@@ -66,7 +66,6 @@ SSH_DIR = STATE_DIR / "ssh"
 SSH_HOST_KEY = SSH_DIR / "ssh_host_ed25519_key"
 SSHD_CONFIG = SSH_DIR / "sshd_config"
 AUTHORIZED_KEYS = SSH_DIR / "authorized_keys"
-SERVER_BASHRC = SSH_DIR / "root.bashrc"  # what remote commands read as root's ~/.bashrc (as_server)
 REGISTRY_DIR = STATE_DIR / "registry"
 REGISTRY_CONFIG = REGISTRY_DIR / "config.yml"
 NGINX_PID = STATE_DIR / "nginx" / "nginx.pid"
@@ -1043,7 +1042,10 @@ KbdInteractiveAuthentication no
 AuthorizedKeysFile {AUTHORIZED_KEYS}
 UsePAM no
 StrictModes no
-SetEnv PATH={REMOTE_PATH}
+# A server's root runs a command without this machine's shell setup (pyenv's init in ~/.bashrc
+# cost ~0.1 CPU-second a command and put its python3 first): bash reads ~/.bashrc for sshd only
+# in a top-level shell, and SHLVL=1 makes the command's shell the second level.
+SetEnv PATH={REMOTE_PATH} SHLVL=1
 PrintMotd no
 MaxSessions 64
 MaxStartups 64:30:128
@@ -1065,28 +1067,6 @@ def _ensure_keys() -> None:
     line = f"[{SSH_HOST}]:{SSH_PORT} {host_type} {host_key}\n"
     if not KNOWN_HOSTS.exists() or KNOWN_HOSTS.read_text() != line:
         KNOWN_HOSTS.write_text(line)
-
-
-def as_server(argv: list[str]) -> list[str]:
-    """argv (an sshd) in a mount namespace of its own where root's ~/.bashrc is a fresh Debian
-    server's, which returns at once for commands. This machine's own (pyenv's `init`) would run
-    for every command a deploy sends: ~0.1 CPU-second each, and pyenv's python3 first in PATH.
-    New mounts of this side still reach it (slave propagation)."""
-    skel = Path("/etc/skel/.bashrc")
-    text = skel.read_text() if skel.exists() else "case $- in *i*) ;; *) return;; esac\n"
-    if not SERVER_BASHRC.exists() or SERVER_BASHRC.read_text() != text:
-        SERVER_BASHRC.write_text(text)
-    script = f'[ ! -e /root/.bashrc ] || mount --bind {SERVER_BASHRC} /root/.bashrc; exec "$@"'
-    return ["unshare", "--mount", "--propagation", "slave", "sh", "-c", script, "sh", *argv]
-
-
-def started_as_server(pid: int) -> bool:
-    """Whether a running sshd was started by as_server() (one from before it is restarted)."""
-    try:
-        mounts = Path(f"/proc/{pid}/mountinfo").read_text()
-    except OSError:
-        return True
-    return not Path("/root/.bashrc").exists() or " /root/.bashrc " in mounts
 
 
 def _ssh_command(*remote: str, host: str = SSH_HOST, port: int = SSH_PORT,
@@ -1125,8 +1105,6 @@ def _step_sshd(echo: Echo) -> str:
         SSHD_CONFIG.write_text(config)
         if pid := _our_pid("sshd"):
             _stop_pid("sshd", pid)  # restart below with the new config
-    if (pid := _our_pid("sshd")) and not started_as_server(pid):
-        _stop_pid("sshd", pid)
     if pid := _our_pid("sshd"):
         _wait_for("sshd key login", _ssh_login_works, 10, pid, LOG_DIR / "sshd.log")
         return f"already running (pid {pid})"
@@ -1137,8 +1115,7 @@ def _step_sshd(echo: Echo) -> str:
                            "usermod -p '*' root")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     _run(["/usr/sbin/sshd", "-t", "-f", str(SSHD_CONFIG)])
-    pid, log = _spawn("sshd", as_server(["/usr/sbin/sshd", "-D", "-f", str(SSHD_CONFIG),
-                                         "-E", str(LOG_DIR / "sshd.log")]))
+    pid, log = _spawn("sshd", ["/usr/sbin/sshd", "-D", "-f", str(SSHD_CONFIG), "-E", str(LOG_DIR / "sshd.log")])
     _wait_for("sshd", _ssh_login_works, 20, pid, log)
     return f"started (pid {pid}, {SSH_HOST}:{SSH_PORT})"
 
