@@ -33,3 +33,12 @@ def local_config(bed) -> configuration.Config:
 def fresh_host(local_config):
     testbed.reset_app(local_config)
     return local_config
+
+
+@pytest.fixture
+def proc_host(bed):
+    """The process-release app (envs/local-process.env) on an empty server, emptied again after."""
+    config = configuration.load(ROOT, "local-process")
+    testbed.reset_app(config)
+    yield config
+    testbed.reset_app(config)

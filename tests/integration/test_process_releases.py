@@ -10,21 +10,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploytasks import config as configuration
 from deploytasks import operations
 from harness import testbed
 from deploytasks.errors import ConfigError, StepFailed
 
-from .support import ROOT, target_of
+from .support import target_of
 
 PUBLIC = "http://127.0.0.1:8081"
-
-
-@pytest.fixture
-def proc_host(bed):
-    config = configuration.load(ROOT, "local-process")
-    testbed.reset_app(config)
-    return config
 
 
 def psha(name: str) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploytasks import config as configuration
 from deploytasks import holder, operations
 from deploytasks.errors import StepFailed
 from deploytasks.layout import Layout
@@ -159,14 +158,6 @@ def test_prune_keeps_what_it_must(fresh_host, capsys):
 # --- process releases: release directories and the virtualenvs only they used ---------------------------
 
 PROCESS_PUBLIC = "http://127.0.0.1:8081"
-
-
-@pytest.fixture
-def proc_host(bed):
-    config = configuration.load(ROOT, "local-process")
-    testbed.reset_app(config)
-    yield config
-    testbed.reset_app(config)
 
 
 def psha(name: str) -> str:
